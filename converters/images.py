@@ -1,0 +1,81 @@
+"""Reading images robustly (greyscale, CMYK, PNG saved as .JPEG) and encoding them for storage."""
+from __future__ import annotations
+
+import io
+from typing import Optional, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fastkd.errors import UserError
+
+
+class CorruptImageError(UserError):
+    """An image file that cannot be decoded; carries the path."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"corrupt image {path}: {reason}; fix or remove the file, or pass --skip-corrupt")
+        self.path = path
+
+
+def load_rgb_file(path: str) -> np.ndarray:
+    """Decode any image file PIL understands (sniffing the content, not the extension) to RGB uint8."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return pil_to_rgb(im)
+    except FileNotFoundError:
+        raise UserError(f"image {path} is listed by the dataset but missing on disk; restore the file")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode != "RGB":
+        im = im.convert("RGB")  # L, LA, P, CMYK (PIL inverts Adobe CMYK JPEGs correctly), RGBA, I;16
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def resize_max_side(image: np.ndarray, max_side: Optional[int], side: str = "longer") -> np.ndarray:
+    """Shrink (never enlarge) so the longer (or shorter) side is at most ``max_side`` (area filter)."""
+    if not max_side:
+        return image
+    h, w = image.shape[:2]
+    ref = max(h, w) if side == "longer" else min(h, w)
+    if ref <= max_side:
+        return image
+    scale = max_side / ref
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BOX), dtype=np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """Encode exactly as FFCV's RGBImageField does (OpenCV, BGR order) so both stores hold one JPEG."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a JPEG")
+    return buf.tobytes()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Lossless encoding for raw-stored (small) images, readable by DALI's decoder and PIL."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_PNG_COMPRESSION), 1])
+    if not ok:
+        raise RuntimeError("OpenCV failed to encode a PNG")
+    return buf.tobytes()
+
+
+def decode_bytes(data: bytes) -> np.ndarray:
+    """Decode stored JPEG/PNG bytes to RGB uint8 (used by the torch backend and tests)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return pil_to_rgb(im)
+
+
+def channel_stats(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares of pixel values in [0, 1], and the pixel count."""
+    x = image.reshape(-1, 3).astype(np.float64) / 255.0
+    return x.sum(0), (x * x).sum(0), x.shape[0]

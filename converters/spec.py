@@ -1,0 +1,65 @@
+"""What a dataset converter declares: its spec and the samples it reads from the official layout."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about a dataset, as published (shown by `fastkd list datasets`)."""
+
+    name: str
+    num_classes: int
+    split_counts: Dict[str, int]  # official sample count per split
+    resolution: str  # human-readable, e.g. "92x112 grey"
+    storage: str  # "jpg" for photos, "raw" for small images stored losslessly
+    low_res: bool  # True when models should use the low-resolution stem
+    layout: str  # the official on-disk layout the converter reads
+    default_res: int = 224  # training resolution `fastkd train` uses unless --res is given
+    default_max_side: Optional[int] = None  # resize photos so the longer side is at most this
+
+
+@dataclass
+class SourceSplit:
+    """One split read from the official layout: picklable sample references plus labels."""
+
+    refs: List[object]  # each passed to DatasetSource.load in a worker process
+    labels: np.ndarray  # int64, 0-based
+    names: List[str]  # a stable per-sample name (relative path) for error messages and the manifest
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+@dataclass
+class DatasetSource:
+    """A dataset read from its official layout.
+
+    ``load`` must be a module-level function (it runs in worker processes) that returns an
+    RGB ``uint8`` array of shape (H, W, 3) for a sample reference.
+    """
+
+    spec: DatasetSpec
+    classes: List[str]
+    splits: Dict[str, SourceSplit]
+    load: Callable[[object], np.ndarray]
+    class_order: str  # how label indices were assigned
+    split_rule: str  # how the splits were formed
+    extra: Dict[str, object] = field(default_factory=dict)  # recorded verbatim in the manifest
+
+
+def split_sizes(source: DatasetSource) -> Dict[str, int]:
+    return {name: len(split) for name, split in source.splits.items()}
+
+
+def check_labels(labels: Sequence[int], num_classes: int, where: str) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{where}: labels outside 0..{num_classes - 1}")
+    return labels
+
+
+Shape = Tuple[int, int]

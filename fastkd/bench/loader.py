@@ -1,0 +1,171 @@
+"""`fastkd bench loader`: images/s of each fastkd backend against a plain torchvision DataLoader.
+
+A fastkd row times the full ``Loader.epoch`` (decode, augmentation on the device, normalisation). The
+baseline reads the very same stored images, extracted to a temporary ImageFolder tree, with per-sample
+torchvision transforms equivalent to fastkd's view policy. Every loader's output is consumed (summed on
+the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation) are not timed.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+from fastkd.converters.manifest import write_json_atomic
+from fastkd.errors import UserError
+
+BASELINE = "dataloader"
+NAMES = {BASELINE: "torchvision DataLoader", "ffcv": "fastkd ffcv", "dali": "fastkd dali", "torch": "fastkd torch"}
+
+
+def _consume(batches, device: torch.device) -> int:
+    """Sum every image batch on ``device``; returns the number of images. Ends with a device sync."""
+    n, acc = 0, torch.zeros((), device=device)
+    for images in batches:
+        acc += images.to(device, non_blocking=True).sum()
+        n += images.shape[0]
+    float(acc)  # waits for the device
+    return n
+
+
+def _measure(name: str, build: Callable, run_epoch: Callable, warmup: int, epochs: int, progress: bool) -> dict:
+    t0 = time.perf_counter()
+    obj = build()
+    row = {"loader": NAMES.get(name, name), "status": "ok", "build_s": time.perf_counter() - t0}
+    images, seconds, rates = 0, 0.0, []
+    for e in range(warmup + epochs):
+        t0 = time.perf_counter()
+        n = run_epoch(obj, e)
+        dt = time.perf_counter() - t0
+        if e == 0:
+            row["first_epoch_s"] = dt
+        if e >= warmup:
+            images, seconds = images + n, seconds + dt
+            rates.append(n / dt)
+        if progress:
+            print(f"  {name} epoch {e}{' (warm-up)' if e < warmup else ''}: {n} images in {dt:.3f} s", file=sys.stderr)
+    if hasattr(obj, "backend"):  # a fastkd Loader is in a reference cycle (its order lambda): break it, or
+        vars(obj).clear()  # torch's persistent workers are reaped by gc, 5 s per worker, after a timeout
+    del obj
+    gc.collect()  # shut worker processes / pipeline threads down before the next loader runs
+    row.update(images=images, seconds=seconds, images_per_s=images / seconds if seconds > 0 else None,
+               median_images_per_s=statistics.median(rates), epoch_images_per_s=rates)  # median: robust to noise
+    return row
+
+
+def _extract_imagefolder(data, split: str, root: str) -> None:
+    """The split's stored bytes as ``root/<class>/<index>.<ext>`` (PIL decodes the same files)."""
+    from fastkd.converters.shards import ShardReader
+
+    reader = ShardReader(data.path(f"dali/{split}"), [s.rsplit("/", 1)[1] for s in data.split(split)["dali"]["shards"]])
+    ext = "jpg" if data.storage == "jpg" else "png"
+    for name in data.classes:
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+    for i in range(len(reader)):
+        with open(os.path.join(root, data.classes[int(reader.table[i]["label"])], f"{i:08d}.{ext}"), "wb") as f:
+            f.write(reader.payload(i))
+
+
+def baseline_transform(policy, mean, std):
+    """torchvision per-sample transforms equivalent to fastkd's ``ViewPolicy`` (train views)."""
+    from torchvision import transforms as T
+
+    s = policy.base
+    view = (T.RandomCrop(policy.out, padding=max(1, s // 8)) if policy.kind == "pad_crop"
+            else T.RandomResizedCrop(policy.out, scale=tuple(policy.scale), ratio=tuple(policy.ratio)))
+    return T.Compose([T.Resize(s), T.CenterCrop(s), view, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def machine_info(device: torch.device) -> dict:
+    from importlib import metadata
+
+    cuda = device.type == "cuda"
+    versions = {}
+    for dist in ("torchvision", "pillow", "ffcv", "numba"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if "nvidia.dali" in sys.modules:  # its distribution's name depends on the CUDA version
+        versions["nvidia-dali"] = sys.modules["nvidia.dali"].__version__
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "versions": versions}
+
+
+def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch"), split: str = "train",
+                     batch_size: int = 64, workers: int = 2, res: Optional[int] = None, epochs: int = 3,
+                     warmup_epochs: int = 1, device="cpu", out_json: Optional[str] = None,
+                     progress: bool = True) -> dict:
+    import torchvision
+
+    from fastkd.pipelines import Loader, open_converted
+    from fastkd.pipelines.views import ViewPolicy
+
+    if epochs < 1 or warmup_epochs < 0:
+        raise UserError("--epochs must be at least 1 and --warmup-epochs at least 0")
+    conv, dev = open_converted(data), torch.device(device)
+    res = int(res or conv.default_res)
+    policy = ViewPolicy.for_resolution(res, train=True)
+    rows: Dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="fastkd-bench-") as tmp:
+        _extract_imagefolder(conv, split, tmp)
+
+        def build_baseline():
+            ds = torchvision.datasets.ImageFolder(tmp, transform=baseline_transform(policy, conv.mean, conv.std))
+            return torch.utils.data.DataLoader(
+                ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+
+        for name in (BASELINE, *backends):
+            if progress:
+                print(f"bench {NAMES.get(name, name)} (res {res}, batch {batch_size}, workers {workers})", file=sys.stderr)
+            if name == BASELINE:
+                build, run = build_baseline, lambda dl, e: _consume((x for x, _ in dl), dev)
+            else:
+                build = lambda b=name: Loader(conv, split, backend=b, batch_size=batch_size, train=True, res=res,
+                                              workers=workers, device=dev)
+                run = lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
+            try:
+                rows[name] = _measure(name, build, run, warmup_epochs, epochs, progress)
+            except (UserError, ImportError) as exc:
+                rows[name] = {"loader": NAMES.get(name, name), "status": f"skipped: {exc}"}
+            except Exception as exc:  # a benchmark reports a broken loader and goes on with the others
+                rows[name] = {"loader": NAMES.get(name, name), "status": f"failed: {type(exc).__name__}: {exc}"}
+    base = rows[BASELINE].get("images_per_s")
+    for row in rows.values():
+        ips = row.get("images_per_s")
+        row["ratio"] = ips / base if ips and base else None
+    result = {"machine": machine_info(dev),
+              "settings": {"data": os.path.abspath(data), "dataset": conv.manifest.get("dataset"), "split": split,
+                           "images": int(conv.split(split)["count"]), "res": res, "policy": policy.kind,
+                           "base": policy.base, "batch_size": batch_size, "workers": workers, "epochs": epochs,
+                           "warmup_epochs": warmup_epochs, "backends": list(backends)},
+              "rows": rows}
+    print(format_table(result))
+    if out_json:  # atomically: a .tmp file, then os.replace
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        write_json_atomic(out_json, result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    s = result["settings"]
+    lines = [f"{s['dataset']}/{s['split']} res {s['res']} ({s['policy']}), batch {s['batch_size']}, "
+             f"workers {s['workers']}, {s['epochs']} timed epochs, device {result['machine']['device_name']}",
+             f"{'loader':<24}{'images/s':>12}{'vs DataLoader':>15}{'first epoch s':>15}{'median epoch img/s':>20}"]
+    for row in result["rows"].values():
+        if row["status"] != "ok":
+            lines.append(f"{row['loader']:<24}  {row['status']}")
+            continue
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
+        lines.append(f"{row['loader']:<24}{row['images_per_s']:>12.1f}{ratio:>15}{row['first_epoch_s']:>15.2f}"
+                     f"{row['median_images_per_s']:>20.1f}")
+    return "\n".join(lines)

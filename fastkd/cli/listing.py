@@ -1,0 +1,70 @@
+"""``fastkd list datasets|models|methods|backends``."""
+from __future__ import annotations
+
+import click
+
+from fastkd.report import format_table
+
+from . import cli
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["datasets", "models", "methods", "backends"]))
+@click.option("--data", default=None, help="datasets: describe this converted folder from its manifest.")
+@click.option("--markdown", is_flag=True, help="Print a Markdown table.")
+def list_cmd(what, data, markdown):
+    """List the registered datasets, models (with parameter counts), methods or backends."""
+    headers, rows = globals()[f"_{what}"](data)
+    click.echo(format_table(headers, rows, markdown=markdown))
+
+
+def _datasets(data):
+    if data:
+        from fastkd.pipelines import open_converted
+
+        m = open_converted(data).manifest
+        rows = [[m["dataset"], name, s["count"], m["num_classes"], m["image"]["resolution"], m["image"]["storage"]]
+                for name, s in m["splits"].items()]
+        return ["dataset", "split", "samples", "classes", "resolution", "storage"], rows
+    from fastkd.converters import DATASETS
+
+    rows = []
+    for name, entry in DATASETS.items():
+        s = entry.spec
+        rows.append([name, s.split_counts.get("train"), s.split_counts.get("test", s.split_counts.get("val")),
+                     s.num_classes, s.resolution, s.layout])
+    return ["dataset", "train", "test", "classes", "resolution", "official layout"], rows
+
+
+def _models(_):
+    from fastkd.models import describe_models
+
+    rows = [[i.name, i.params, ", ".join(i.taps)] for i in describe_models(1000)]
+    return ["model", "params (1000 classes)", "feature taps"], rows
+
+
+def _methods(_):
+    from fastkd.methods import METHODS
+
+    rows = []
+    for name, cls in METHODS.items():
+        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__ or "").strip().splitlines()
+        rows.append([name, ", ".join(sorted(cls.needs)) or "-", cls.ce_weight, doc[0] if doc else ""])
+    return ["method", "teacher signals", "ce weight", "reference"], rows
+
+
+def _backends(_):
+    import importlib
+
+    from fastkd.pipelines import BACKENDS
+
+    rows = []
+    for name, cls in BACKENDS.items():
+        ok = True
+        if cls.package:
+            try:
+                importlib.import_module(cls.package)
+            except ImportError:
+                ok = False
+        rows.append([name, cls.package or "(torch only)", "yes" if ok else f"no: pip install 'fastkd[{cls.extra}]'"])
+    return ["backend", "needs", "available"], rows

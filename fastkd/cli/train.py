@@ -1,0 +1,124 @@
+"""``fastkd train`` and ``fastkd eval``."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from fastkd.errors import UserError
+
+from . import cli
+
+
+def parse_method_options(items) -> dict:
+    """``("kd.temperature=2", "kd.weight=0.5")`` -> ``{"kd": {"temperature": 2.0, "weight": 0.5}}``."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise UserError(f"--opt {item!r} is not METHOD.NAME=VALUE (e.g. --opt kd.temperature=4)")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(method.lower(), {})[name] = parsed
+    return out
+
+
+def _check_method_options(cfg) -> None:
+    import inspect
+
+    from fastkd.methods import METHODS
+
+    chosen = {METHODS.canonical(p) for p in cfg.method.split("+") if p.strip()}
+    for method, opts in cfg.method_options.items():
+        name = METHODS.canonical(method)
+        if name not in chosen:
+            raise UserError(f"--opt {method}.* given but --method is {cfg.method}; drop it or add {name} to --method")
+        params = [p for p in inspect.signature(METHODS.get(name).__init__).parameters if p != "self"]
+        for key in opts:
+            if key not in params:
+                raise UserError(f"method {name} has no option {key!r}; its options: {', '.join(params) or 'none'}")
+
+
+@cli.command()
+@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
+@click.option("--out", required=True, help="Run folder: config, metrics.jsonl, checkpoint.pt, summary.json.")
+@click.option("--student", "--model", "student", required=True, help="Model to train (see `fastkd list models`).")
+@click.option("--teacher", default=None, help="Teacher architecture (read from a fastkd checkpoint if omitted).")
+@click.option("--teacher-weights", default=None, help="Teacher weights: fastkd checkpoint or torchvision state dict.")
+@click.option("--method", default="ce", show_default=True, help="ce (no teacher), kd, or a sum such as kd+at.")
+@click.option("--opt", "opts", multiple=True, metavar="METHOD.NAME=VALUE",
+              help="Method hyper-parameter, e.g. --opt kd.temperature=4 --opt kd.weight=0.9 (paper defaults otherwise).")
+@click.option("--ce-weight", type=float, default=None, help="Weight of the hard-label cross-entropy "
+              "(default: the method's paper value; kd: 0.1, ce: 1).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (SGD).")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--nesterov", is_flag=True)
+@click.option("--wd", "weight_decay", type=float, default=5e-4, show_default=True, help="Weight decay.")
+@click.option("--schedule", type=click.Choice(["cosine", "step", "multistep", "constant"]), default="cosine",
+              show_default=True)
+@click.option("--step-size", type=int, default=30, show_default=True, help="step: decay every N epochs.")
+@click.option("--milestones", default="", help="multistep: comma list of epochs, e.g. 150,180,210.")
+@click.option("--gamma", type=float, default=0.1, show_default=True, help="Decay factor of step/multistep.")
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warm-up length.")
+@click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's). <=64 selects "
+              "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
+@click.option("--backend", default="torch", show_default=True, help="Data pipeline: ffcv, dali or torch.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--eval-every", type=int, default=1, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(opts, milestones, resume, quiet, **kw):
+    """Train a model with cross-entropy, or distil a teacher into a student."""
+    from fastkd.pipelines import BACKENDS
+    from fastkd.train.config import TrainConfig
+    from fastkd.train.trainer import train as run
+
+    BACKENDS.canonical(kw["backend"])
+    try:
+        ms = [int(m) for m in milestones.split(",") if m.strip()]
+    except ValueError:
+        raise UserError(f"--milestones {milestones!r} must be a comma list of epochs, e.g. 150,180,210")
+    cfg = TrainConfig(**kw, milestones=ms, method_options=parse_method_options(opts), progress=not quiet)
+    _check_method_options(cfg)
+    summary = run(cfg, resume=resume)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command(name="eval")
+@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
+@click.option("--checkpoint", required=True, help="A checkpoint.pt written by `fastkd train`.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--backend", default="torch", show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def evaluate_cmd(data, checkpoint, split, backend, batch_size, workers, device):
+    """Top-1/top-5 of a trained checkpoint on a split."""
+    from fastkd.models import create_model
+    from fastkd.pipelines import Loader, open_converted
+    from fastkd.train import checkpoint as ckpt
+    from fastkd.train.distributed import Dist, resolve_device
+    from fastkd.train.evaluate import evaluate
+    from fastkd.train.weights import load_weights
+
+    state = ckpt.load(checkpoint)
+    if state.get("kind") != ckpt.KIND:
+        raise UserError(f"{checkpoint} is not a fastkd checkpoint; give a checkpoint.pt written by `fastkd train`")
+    converted = open_converted(data)
+    if converted.num_classes != state["num_classes"]:
+        raise UserError(f"{checkpoint} predicts {state['num_classes']} classes but {data} has "
+                        f"{converted.num_classes}; evaluate on the dataset it was trained on")
+    dev = resolve_device(device, Dist())
+    model = create_model(state["model_name"], state["num_classes"], state["low_res"])
+    load_weights(model, checkpoint, "model")
+    loader = Loader(converted, split, backend=backend, batch_size=batch_size, train=False, res=state["res"],
+                    workers=workers, device=dev)
+    result = evaluate(model.to(dev), loader)
+    click.echo(json.dumps({"checkpoint": checkpoint, "split": split, "model": state["model_name"], **result}, indent=2))

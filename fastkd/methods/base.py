@@ -1,0 +1,35 @@
+"""The method interface: declared signals, default weights, adapters, and the loss terms."""
+from __future__ import annotations
+
+from typing import Dict, FrozenSet
+
+import torch
+from torch import nn
+
+
+class Method(nn.Module):
+    """A distillation loss.
+
+    ``needs``: teacher signals the method reads (``"logits"``, or tap names such as ``"stage3"`` /
+    ``"embedding"``); the trainer computes only these. ``ce_weight``: the paper's weight of the
+    cross-entropy on hard labels when this method is used (the trainer takes the first method's
+    value unless ``--ce-weight`` is given). Adapters (regressors, connectors) are submodules built in
+    ``setup`` from the shapes of a dry forward pass; they train with the student and are saved in the
+    checkpoint.
+    """
+
+    name: str = ""
+    needs: FrozenSet[str] = frozenset()
+    ce_weight: float = 1.0
+
+    def setup(self, student_signals: Dict[str, torch.Tensor], teacher_signals: Dict[str, torch.Tensor]) -> None:
+        """Build adapters from one dry forward pass (shapes only). Default: nothing to build."""
+
+    def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor],
+                labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Weighted loss terms, named ``<method>`` or ``<method>.<term>``."""
+        raise NotImplementedError
+
+    def options(self) -> Dict[str, object]:
+        """The hyper-parameters in force, recorded in the run's config."""
+        return {}

@@ -1,0 +1,54 @@
+"""A small decorator registry shared by models, methods, datasets and pipeline backends."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Generic, List, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a canonical name (and case-insensitive aliases) to a registered object.
+
+    >>> models = Registry("model")
+    >>> @models.register("ResNet18", "resnet18")
+    ... def build(): ...
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, T] = {}
+        self._aliases: Dict[str, str] = {}
+
+    def register(self, name: str, *aliases: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            for key in (name, *aliases):
+                if key.lower() in self._aliases:
+                    raise ValueError(f"{self.kind} {key!r} is registered twice")
+                self._aliases[key.lower()] = name
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def canonical(self, name: str) -> str:
+        key = self._aliases.get(str(name).lower())
+        if key is None:
+            raise UserError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+                f" (see `fastkd list {self.kind}s`)"
+            )
+        return key
+
+    def get(self, name: str) -> T:
+        return self._items[self.canonical(name)]
+
+    def names(self) -> List[str]:
+        return list(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        return str(name).lower() in self._aliases
+
+    def items(self):
+        return self._items.items()

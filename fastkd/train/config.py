@@ -1,0 +1,40 @@
+"""Everything a training run is configured by; saved as ``config.json`` beside the run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    student: str
+    teacher: Optional[str] = None
+    teacher_weights: Optional[str] = None  # fastkd checkpoint or torchvision state dict (local file)
+    method: str = "ce"
+    method_options: Dict[str, Dict[str, object]] = field(default_factory=dict)
+    ce_weight: Optional[float] = None  # None: the method's paper default
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | multistep | constant
+    step_size: int = 30  # step: decay every step_size epochs
+    milestones: List[int] = field(default_factory=list)  # multistep
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    res: Optional[int] = None  # None: the dataset's default resolution
+    backend: str = "torch"
+    workers: int = 2
+    train_split: str = "train"
+    eval_split: str = "test"
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 1
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,229 @@
+"""The training loop: teacher training, student baselines and distillation share it.
+
+The trainer owns both forward passes (student with grad, teacher frozen in eval mode without grad)
+and hands each method the signals it declared; methods only compute losses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from fastkd import __version__
+from fastkd.errors import UserError
+from fastkd.methods import parse_methods
+from fastkd.models import count_parameters, create_model
+from fastkd.pipelines import Loader, open_converted
+
+from . import checkpoint, distributed
+from .config import TrainConfig
+from .evaluate import evaluate, topk_correct
+from .schedule import lr_at
+from .signals import SignalModel
+from .weights import build_teacher
+
+CHECKPOINT = "checkpoint.pt"
+# options that do not change the numbers a run produces, so a resume may differ in them
+_RESUME_FREE = {"progress", "workers", "device", "eval_every", "backend"}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg, self.dist = cfg, distributed.init(cfg.device)
+        self.device = distributed.resolve_device(cfg.device, self.dist)
+        checkpoint.seed_everything(cfg.seed)
+        self.data = open_converted(cfg.data)
+        common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
+                      workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
+        self.train_loader = Loader(self.data, cfg.train_split, train=True, **common)
+        self.eval_loader = Loader(self.data, cfg.eval_split, train=False, **common)
+        if len(self.train_loader) == 0:
+            raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.train_loader.count} training samples; "
+                            "lower it")
+        low_res, n_cls = self.train_loader.low_res, self.data.num_classes
+        self.methods = parse_methods(cfg.method, cfg.method_options)
+        needs = set().union(*(m.needs for m in self.methods))
+        self.student = create_model(cfg.student, n_cls, low_res).to(self.device)
+        self.teacher = None
+        if needs:
+            self.teacher = build_teacher(cfg.teacher, cfg.teacher_weights, n_cls, low_res).to(self.device)
+        elif cfg.teacher or cfg.teacher_weights:
+            raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
+                            "a distillation method such as --method kd")
+        self.s_signals = SignalModel(self.student, needs)
+        self.t_signals = SignalModel(self.teacher, needs) if self.teacher is not None else None
+        self._setup_methods()
+        self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.methods[0].ce_weight
+        params = list(self.student.parameters()) + [p for m in self.methods for p in m.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                         weight_decay=cfg.weight_decay)
+        self.model = self.student
+        if self.dist.world > 1:
+            self.model = DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.s_signals.model = self.model
+        self.start_epoch, self.history = 0, []
+        self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+        if resume:
+            self._resume()
+        elif os.path.exists(self.ckpt_path):
+            raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    def _setup_methods(self) -> None:
+        """Adapters are shaped by one dry forward pass of both networks."""
+        res = self.train_loader.policy.out
+        x = torch.zeros(2, 3, res, res, device=self.device)
+        self.student.eval()
+        with torch.no_grad():
+            s = self.s_signals(x)
+            t = self.t_signals(x) if self.t_signals else {}
+        self.student.train()
+        for m in self.methods:
+            m.setup(s, t)
+            m.to(self.device)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict:
+        return {
+            "kind": checkpoint.KIND, "fastkd_version": __version__, "epoch": epoch,
+            "model_name": self.student.fastkd_name, "num_classes": self.data.num_classes,
+            "low_res": self.train_loader.low_res, "res": self.train_loader.res,
+            "mean": self.data.mean, "std": self.data.std, "classes": self.data.classes,
+            "model": self.student.state_dict(), "methods": [m.state_dict() for m in self.methods],
+            "optimizer": self.optimizer.state_dict(), "rng": checkpoint.rng_state(),
+            "config": self.cfg.to_dict(), "history": self.history,
+        }
+
+    def _resume(self) -> None:
+        state = checkpoint.load(self.ckpt_path)
+        saved = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
+        now = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUME_FREE}
+        diff = sorted(k for k in now if saved.get(k) != now[k])
+        if diff:
+            raise UserError(f"--resume with options that differ from the saved run ({', '.join(diff)}); "
+                            "rerun with the original options or use another --out")
+        self.student.load_state_dict(state["model"])
+        for m, sd in zip(self.methods, state["methods"]):
+            m.load_state_dict(sd)
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.set_rng_state(state["rng"])
+        self.start_epoch, self.history = state["epoch"] + 1, list(state["history"])
+
+    # ---- training ----------------------------------------------------------------------------
+    def _step(self, batch, epoch_pos: float) -> Dict[str, torch.Tensor]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.cfg, epoch_pos)
+        s = self.s_signals(batch.images)
+        terms = {"ce": self.ce_weight * F.cross_entropy(s["logits"].float(), batch.labels)}
+        if self.t_signals is not None:
+            with torch.no_grad():
+                t = self.t_signals(batch.images)
+            for m in self.methods:
+                terms.update(m(s, t, batch.labels))
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {float(loss)} at epoch {int(epoch_pos)}; lower --lr "
+                            f"(now {self.cfg.lr}) or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        terms["loss"] = loss
+        return {k: v.detach() for k, v in terms.items()} | {"logits": s["logits"].detach()}
+
+    def _train_epoch(self, epoch: int) -> dict:
+        from tqdm import tqdm
+
+        self.student.train()
+        n_batches, sums, seen, correct = len(self.train_loader), {}, 0, 0
+        start = time.time()
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+                   disable=not (self.cfg.progress and self.dist.main), file=sys.stderr, dynamic_ncols=True)
+        for i, batch in enumerate(self.train_loader.epoch(epoch)):
+            out = self._step(batch, epoch + i / n_batches)
+            logits = out.pop("logits")
+            n = len(batch.labels)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            seen += n
+            correct += topk_correct(logits, batch.labels, (1,))[1]
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+        bar.close()
+        seconds = time.time() - start
+        row = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
+        row.update(train_top1=100.0 * correct / max(seen, 1), train_seconds=seconds,
+                   train_images_per_s=seen * self.dist.world / max(seconds, 1e-9),
+                   lr=lr_at(self.cfg, epoch + 1))
+        return row
+
+    def fit(self) -> dict:
+        cfg, started = self.cfg, time.time()
+        if self.dist.main:
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(os.path.join(cfg.out, "config.json"), "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+            last = epoch + 1 == cfg.epochs
+            if last or (epoch + 1) % max(cfg.eval_every, 1) == 0:
+                row.update({f"{cfg.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
+            self.history.append(row)
+            if self.dist.main:
+                checkpoint.save_atomic(self.ckpt_path, self._state(epoch))
+                self._write_metrics()
+                acc = f" {cfg.eval_split} top1 {row[f'{cfg.eval_split}_top1']:.2f}" if f"{cfg.eval_split}_top1" in row else ""
+                _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                     f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
+        distributed.barrier()
+        return self._summary(time.time() - started)
+
+    def _write_metrics(self) -> None:
+        tmp = os.path.join(self.cfg.out, "metrics.jsonl.tmp")
+        with open(tmp, "w") as f:
+            for row in self.history:
+                f.write(json.dumps(row) + "\n")
+        os.replace(tmp, os.path.join(self.cfg.out, "metrics.jsonl"))
+
+    def _summary(self, wall: float) -> dict:
+        final = self.history[-1] if self.history else {}
+        key = f"{self.cfg.eval_split}_top1"
+        train_s = sum(r["train_seconds"] for r in self.history)
+        seen = sum(r["train_seconds"] * r["train_images_per_s"] for r in self.history)
+        summary = {
+            "student": self.student.fastkd_name, "teacher": self.teacher.fastkd_name if self.teacher else None,
+            "method": self.cfg.method, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
+            "params": count_parameters(self.student),
+            "top1": final.get(key), "top5": final.get(f"{self.cfg.eval_split}_top5"),
+            "best_top1": max((r[key] for r in self.history if key in r), default=None),
+            "wall_seconds": wall, "train_seconds": train_s,
+            "train_images_per_s": seen / max(train_s, 1e-9),
+            "checkpoint": os.path.abspath(self.ckpt_path), "device": str(self.device),
+        }
+        if self.dist.main:
+            with open(os.path.join(self.cfg.out, "summary.json.tmp"), "w") as f:
+                json.dump(summary, f, indent=2)
+            os.replace(os.path.join(self.cfg.out, "summary.json.tmp"), os.path.join(self.cfg.out, "summary.json"))
+        return summary
+
+    def close(self) -> None:
+        self.s_signals.close()
+        if self.t_signals:
+            self.t_signals.close()
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

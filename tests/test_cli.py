@@ -1,0 +1,79 @@
+"""The `fastkd` command: listings, one-line errors with exit code 2, and a train/eval round trip."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastkd.models import list_models
+
+FASTKD = [sys.executable, "-m", "fastkd"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(FASTKD + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def assert_user_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastkd: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_list_models_shows_all_thirteen_with_parameter_counts():
+    result = run("list", "models")
+    assert result.returncode == 0
+    for name in list_models():
+        assert name in result.stdout
+    assert "11,689,512" in result.stdout  # ResNet18, 1000 classes: torchvision's count
+
+
+def test_list_datasets_methods_backends(orl_data):
+    assert "orl_faces" in run("list", "datasets").stdout
+    converted = run("list", "datasets", "--data", orl_data).stdout
+    assert "train" in converted and "320" in converted and "80" in converted
+    assert "kd" in run("list", "methods").stdout
+    backends = run("list", "backends").stdout
+    assert all(b in backends for b in ("ffcv", "dali", "torch"))
+
+
+def test_user_errors_are_one_line_with_exit_2(orl_data, tmp_path):
+    assert_user_error(run("convert", "--dataset", "imagenet9", "--out", str(tmp_path / "o")), "unknown dataset")
+    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path / "missing"),
+                          "--out", str(tmp_path / "o")), "does not exist")
+    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path), "--out", str(tmp_path / "o")),
+                      "expected", "s1", "1.pgm")
+    assert_user_error(run("train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "resnet32"),
+                      "not a fastkd conversion")
+    base = ["train", "--data", orl_data, "--out", str(tmp_path / "r")]
+    assert_user_error(run(*base, "--model", "resnet1000"), "unknown model", "resnet32")
+    assert_user_error(run(*base, "--model", "resnet32", "--method", "magic"), "unknown method")
+    assert_user_error(run(*base, "--model", "resnet32", "--backend", "tfds"), "unknown backend")
+    assert_user_error(run(*base, "--model", "resnet32", "--method", "kd"), "--teacher-weights")
+    assert_user_error(run(*base, "--model", "resnet32", "--no-such-flag"), "--no-such-flag")
+    assert_user_error(run("eval", "--data", orl_data, "--checkpoint", str(tmp_path / "none.pt")), "does not exist")
+    assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "r")
+
+
+def test_convert_train_eval_round_trip(tmp_path):
+    data = str(tmp_path / "orl")
+    result = run("convert", "--dataset", "orl_faces", "--out", data, "--formats", "dali", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.load(open(os.path.join(data, "manifest.json")))["splits"]["train"]["count"] == 320
+    assert_user_error(run("convert", "--dataset", "orl_faces", "--out", data), "--overwrite")
+    out = str(tmp_path / "run")
+    result = run("train", "--data", data, "--out", out, "--model", "shufflenet_v2_x0_5", "--epochs", "1",
+                 "--res", "32", "--workers", "0", "--device", "cpu", "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    result = run("eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoint.pt"), "--workers", "0")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["top1"] == pytest.approx(summary["top1"])
+    assert_user_error(run("train", "--data", data, "--out", out, "--model", "shufflenet_v2_x0_5", "--backend", "ffcv"),
+                      "without ffcv")
