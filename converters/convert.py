@@ -144,7 +144,10 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
     manifest["options"]["formats"] = list(opts.formats)
     manifest["checksums"] = checksum_tree(partial)
     write_json_atomic(os.path.join(partial, MANIFEST), manifest)
-    if os.path.exists(out):
-        shutil.rmtree(out)
+    old = out + ".old"
+    if os.path.exists(out):  # move the previous conversion aside first: a crash never leaves neither
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
     os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)
     return manifest

@@ -1,7 +1,8 @@
 """Writes one split into an FFCV ``.beton`` from the already-written shards.
 
 Images were encoded once (in parallel) for the shards; the beton stores the very same JPEG bytes
-(raw mode: the very same pixels), so every backend decodes identical data. FFCV has no API for
+(raw mode: the very same pixels), so every backend reads identical data (decoders and resize
+filters still differ by a few grey levels). FFCV has no API for
 pre-encoded images, and its writer records a field's type by exact class, so instead of subclassing
 we give one ``RGBImageField`` instance an ``encode`` that copies our bytes.
 """

@@ -31,8 +31,11 @@ def load_rgb_file(path: str) -> np.ndarray:
 
 
 def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit grey: PIL's convert would clip, so scale
+        grey = (np.asarray(im, dtype=np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
     if im.mode != "RGB":
-        im = im.convert("RGB")  # L, LA, P, CMYK (PIL inverts Adobe CMYK JPEGs correctly), RGBA, I;16
+        im = im.convert("RGB")  # L, LA, P, CMYK (PIL inverts Adobe CMYK JPEGs correctly), RGBA
     return np.asarray(im, dtype=np.uint8).copy()
 
 

@@ -58,12 +58,15 @@ class ConvertedData:
 
 def open_converted(root: str) -> ConvertedData:
     """Open a folder written by `fastkd convert`; a one-line UserError for anything else."""
+    root = os.path.abspath(root)
+    if os.path.isdir(root + ".partial") and not os.path.isfile(os.path.join(root, MANIFEST)):
+        raise UserError(f"--data {root} is an interrupted conversion (only {root}.partial exists); "
+                        "run the same `fastkd convert` again")
     if not os.path.exists(root):
         raise UserError(f"--data {root} does not exist; run `fastkd convert --dataset NAME --out {root}` first")
     path = os.path.join(root, MANIFEST)
     if not os.path.isfile(path):
-        hint = " (an interrupted conversion: run `fastkd convert` again)" if os.path.isdir(root + ".partial") else ""
-        raise UserError(f"--data {root} is not a fastkd conversion (no {MANIFEST}){hint}; "
+        raise UserError(f"--data {root} is not a fastkd conversion (no {MANIFEST}); "
                         f"create one with `fastkd convert --dataset NAME --out {root}`")
     try:
         with open(path) as f:

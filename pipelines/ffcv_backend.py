@@ -65,5 +65,6 @@ class FFCVBackend(Backend):
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         self.loader.next_epoch = epoch
         for images, labels, index in self.loader:
-            # FFCV recycles its output buffers a few batches later: hand out copies of the small ones
+            # FFCV recycles its output buffers a few batches later; Loader.epoch consumes images at once
+            # and clones labels and indices
             yield images, labels.to(torch.int64), index.to(torch.int64)

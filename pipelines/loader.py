@@ -44,7 +44,7 @@ class Loader:
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
         cls = BACKENDS.get(backend)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
-                            lambda e: self.order(epoch=e), self.drop_last)
+                            self.order, self.drop_last)
         cls.require("ffcv" if backend == "ffcv" else "dali", cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -56,7 +56,7 @@ class Loader:
         return self.policy.kind == "pad_crop"
 
     def __len__(self) -> int:
-        return num_batches(len(self.order(epoch=0)), self.batch_size, self.drop_last)
+        return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         for images, labels, index in self.backend.iter_epoch(epoch):
@@ -65,7 +65,7 @@ class Loader:
             flip = torch.from_numpy(view["flip"])
             x = images.permute(0, 3, 1, 2).float()
             if self.train or self.policy.kind == "rrc":
-                x = apply_views(x, box, flip, self.policy.out)
+                x = apply_views(x, box, flip, self.policy.out, self.policy.padding)
             x = (x - self._mean) / self._std
             yield Batch(x.contiguous(), labels.clone(), index.clone(),
                         {"box": box.to(self.device), "flip": flip.to(self.device)}, epoch)

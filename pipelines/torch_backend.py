@@ -14,7 +14,7 @@ from .backend import Backend, BackendConfig, RawBatch
 
 
 def base_image(data: bytes, side: int) -> np.ndarray:
-    """Decode, crop the centre square, resize to ``side`` (area filter when shrinking)."""
+    """Decode, crop the centre square, resize to ``side`` (antialiased bilinear)."""
     with Image.open(io.BytesIO(data)) as im:
         im = im.convert("RGB")
         w, h = im.size
@@ -22,7 +22,7 @@ def base_image(data: bytes, side: int) -> np.ndarray:
         left, top = (w - m) // 2, (h - m) // 2
         im = im.crop((left, top, left + m, top + m))
         if m != side:
-            im = im.resize((side, side), Image.BOX if m > side else Image.BILINEAR)
+            im = im.resize((side, side), Image.BILINEAR)  # antialiased when shrinking, like DALI's resize
         return np.asarray(im, dtype=np.uint8)
 
 

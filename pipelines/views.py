@@ -51,6 +51,11 @@ class ViewPolicy:
     scale: Sequence[float] = (0.08, 1.0)
     ratio: Sequence[float] = (3 / 4, 4 / 3)
 
+    @property
+    def padding(self) -> str:
+        """grid_sample padding: zeros for pad-and-crop (torchvision's fill), border for RRC boxes."""
+        return "zeros" if self.kind == "pad_crop" else "border"
+
     @staticmethod
     def for_resolution(res: int, train: bool) -> "ViewPolicy":
         if res <= 64:
@@ -90,11 +95,15 @@ class ViewPolicy:
         return boxes
 
 
-def apply_views(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, out: int) -> torch.Tensor:
-    """Crop ``box`` (base pixels, may extend past the border: zero fill), resize to ``out``, flip.
+def apply_views(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, out: int,
+                padding: str = "zeros") -> torch.Tensor:
+    """Crop ``box`` (base pixels), resize to ``out``, flip.
 
-    ``images``: float (N, C, S, S). One bilinear ``grid_sample`` for the whole batch; pixel-aligned
-    crops (pad-and-crop) reproduce the source pixels exactly.
+    ``images``: float (N, C, S, S). One bilinear ``grid_sample`` for the whole batch. ``padding``:
+    ``"zeros"`` for pad-and-crop (boxes reach past the border, zero fill as torchvision's padding);
+    ``"border"`` for RandomResizedCrop, whose boxes lie inside the image, so an enlarged crop touching
+    the border is not blended with black. Pixel-aligned crops reproduce the source pixels up to float
+    rounding (exact at power-of-two sizes).
     """
     n, _, hgt, wid = images.shape
     box = box.to(images.device, images.dtype)
@@ -106,4 +115,4 @@ def apply_views(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, out
     theta[:, 0, 0], theta[:, 0, 2] = sx * sign, tx
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
     grid = F.affine_grid(theta, [n, images.shape[1], out, out], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)

@@ -7,6 +7,7 @@ the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
@@ -14,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
@@ -35,29 +37,50 @@ def _consume(batches, device: torch.device) -> int:
     return n
 
 
-def _measure(name: str, build: Callable, run_epoch: Callable, warmup: int, epochs: int, progress: bool) -> dict:
-    t0 = time.perf_counter()
-    obj = build()
-    row = {"loader": NAMES.get(name, name), "status": "ok", "build_s": time.perf_counter() - t0}
-    images, seconds, rates = 0, 0.0, []
-    for e in range(warmup + epochs):
+def _failed(name: str, exc: BaseException) -> dict:
+    skip = isinstance(exc, (UserError, ImportError))  # a missing package or converted format: skipped
+    return {"loader": NAMES.get(name, name), "status": f"skipped: {exc}" if skip else f"failed: {type(exc).__name__}: {exc}"}
+
+
+def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: bool) -> Dict[str, dict]:
+    """Builds every loader, then runs the epochs round-robin (epoch e of every loader, then e + 1) so
+    that a change in machine speed (other jobs on a shared machine) hits every loader alike."""
+    rows, live = {}, {}
+    for name, build in builders.items():
         t0 = time.perf_counter()
-        n = run_epoch(obj, e)
-        dt = time.perf_counter() - t0
-        if e == 0:
-            row["first_epoch_s"] = dt
-        if e >= warmup:
-            images, seconds = images + n, seconds + dt
-            rates.append(n / dt)
-        if progress:
-            print(f"  {name} epoch {e}{' (warm-up)' if e < warmup else ''}: {n} images in {dt:.3f} s", file=sys.stderr)
-    if hasattr(obj, "backend"):  # a fastkd Loader is in a reference cycle (its order lambda): break it, or
-        vars(obj).clear()  # torch's persistent workers are reaped by gc, 5 s per worker, after a timeout
-    del obj
-    gc.collect()  # shut worker processes / pipeline threads down before the next loader runs
-    row.update(images=images, seconds=seconds, images_per_s=images / seconds if seconds > 0 else None,
-               median_images_per_s=statistics.median(rates), epoch_images_per_s=rates)  # median: robust to noise
-    return row
+        try:
+            live[name] = build()  # (loader, run_epoch(loader, epoch) -> images consumed)
+        except Exception as exc:  # a benchmark reports a broken loader and goes on with the others
+            rows[name] = _failed(name, exc)
+            continue
+        rows[name] = {"loader": NAMES.get(name, name), "status": "ok", "build_s": time.perf_counter() - t0,
+                      "images": 0, "seconds": 0.0, "epoch_images_per_s": []}
+    for e in range(warmup + epochs):
+        for name, (obj, run_epoch) in list(live.items()):
+            row, t0 = rows[name], time.perf_counter()
+            try:
+                n = run_epoch(obj, e)
+            except Exception as exc:
+                rows[name] = _failed(name, exc)
+                del live[name]
+                continue
+            dt = time.perf_counter() - t0
+            row.setdefault("first_epoch_s", dt)
+            if e >= warmup:
+                row["images"], row["seconds"] = row["images"] + n, row["seconds"] + dt
+                row["epoch_images_per_s"].append(n / dt)
+            if progress:
+                print(f"  epoch {e}{' (warm-up)' if e < warmup else ''} {name}: {n} images, {dt:.3f} s", file=sys.stderr)
+    for obj, _ in live.values():
+        if hasattr(obj, "backend"):  # a fastkd Loader is in a reference cycle (its order lambda): break it, or
+            vars(obj).clear()  # torch's persistent workers are reaped by gc, 5 s per worker, after a timeout
+    live.clear()
+    gc.collect()  # shut worker processes / pipeline threads down
+    for row in rows.values():
+        if row["status"] == "ok":
+            row["images_per_s"] = row["images"] / row["seconds"] if row["seconds"] > 0 else None
+            row["median_images_per_s"] = statistics.median(row["epoch_images_per_s"])  # robust to noise
+    return rows
 
 
 def _extract_imagefolder(data, split: str, root: str) -> None:
@@ -86,13 +109,10 @@ def baseline_transform(policy, mean, std):
 def machine_info(device: torch.device) -> dict:
     from importlib import metadata
 
-    cuda = device.type == "cuda"
-    versions = {}
+    cuda, versions = device.type == "cuda", {}
     for dist in ("torchvision", "pillow", "ffcv", "numba"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     if "nvidia.dali" in sys.modules:  # its distribution's name depends on the CUDA version
         versions["nvidia-dali"] = sys.modules["nvidia.dali"].__version__
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -114,31 +134,25 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
     conv, dev = open_converted(data), torch.device(device)
     res = int(res or conv.default_res)
     policy = ViewPolicy.for_resolution(res, train=True)
-    rows: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fastkd-bench-") as tmp:
         _extract_imagefolder(conv, split, tmp)
 
         def build_baseline():
             ds = torchvision.datasets.ImageFolder(tmp, transform=baseline_transform(policy, conv.mean, conv.std))
-            return torch.utils.data.DataLoader(
+            dl = torch.utils.data.DataLoader(
                 ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+            return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
 
-        for name in (BASELINE, *backends):
-            if progress:
-                print(f"bench {NAMES.get(name, name)} (res {res}, batch {batch_size}, workers {workers})", file=sys.stderr)
-            if name == BASELINE:
-                build, run = build_baseline, lambda dl, e: _consume((x for x, _ in dl), dev)
-            else:
-                build = lambda b=name: Loader(conv, split, backend=b, batch_size=batch_size, train=True, res=res,
-                                              workers=workers, device=dev)
-                run = lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
-            try:
-                rows[name] = _measure(name, build, run, warmup_epochs, epochs, progress)
-            except (UserError, ImportError) as exc:
-                rows[name] = {"loader": NAMES.get(name, name), "status": f"skipped: {exc}"}
-            except Exception as exc:  # a benchmark reports a broken loader and goes on with the others
-                rows[name] = {"loader": NAMES.get(name, name), "status": f"failed: {type(exc).__name__}: {exc}"}
+        def build_fastkd(backend):
+            loader = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
+                            workers=workers, device=dev)
+            return loader, lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
+
+        if progress:
+            print(f"bench loader: res {res}, batch {batch_size}, workers {workers}", file=sys.stderr)
+        rows = _measure({BASELINE: build_baseline, **{b: partial(build_fastkd, b) for b in backends}},
+                        warmup_epochs, epochs, progress)
     base = rows[BASELINE].get("images_per_s")
     for row in rows.values():
         ips = row.get("images_per_s")
@@ -147,7 +161,7 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
               "settings": {"data": os.path.abspath(data), "dataset": conv.manifest.get("dataset"), "split": split,
                            "images": int(conv.split(split)["count"]), "res": res, "policy": policy.kind,
                            "base": policy.base, "batch_size": batch_size, "workers": workers, "epochs": epochs,
-                           "warmup_epochs": warmup_epochs, "backends": list(backends)},
+                           "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends)},
               "rows": rows}
     print(format_table(result))
     if out_json:  # atomically: a .tmp file, then os.replace
@@ -160,12 +174,12 @@ def format_table(result: dict) -> str:
     s = result["settings"]
     lines = [f"{s['dataset']}/{s['split']} res {s['res']} ({s['policy']}), batch {s['batch_size']}, "
              f"workers {s['workers']}, {s['epochs']} timed epochs, device {result['machine']['device_name']}",
-             f"{'loader':<24}{'images/s':>12}{'vs DataLoader':>15}{'first epoch s':>15}{'median epoch img/s':>20}"]
+             f"{'loader':<24}{'images/s':>10}{'vs DataLoader':>15}{'first epoch s':>15}{'median epoch img/s':>20}"]
     for row in result["rows"].values():
         if row["status"] != "ok":
             lines.append(f"{row['loader']:<24}  {row['status']}")
             continue
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
-        lines.append(f"{row['loader']:<24}{row['images_per_s']:>12.1f}{ratio:>15}{row['first_epoch_s']:>15.2f}"
+        lines.append(f"{row['loader']:<24}{row['images_per_s']:>10.1f}{ratio:>15}{row['first_epoch_s']:>15.2f}"
                      f"{row['median_images_per_s']:>20.1f}")
     return "\n".join(lines)

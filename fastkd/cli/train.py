@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -54,7 +55,7 @@ def _check_method_options(cfg) -> None:
 @click.option("--ce-weight", type=float, default=None, help="Weight of the hard-label cross-entropy "
               "(default: the method's paper value; kd: 0.1, ce: 1).")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True, help="Per process (torchrun: x world size).")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Peak learning rate (SGD).")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--nesterov", is_flag=True)
@@ -88,7 +89,8 @@ def train(opts, milestones, resume, quiet, **kw):
     cfg = TrainConfig(**kw, milestones=ms, method_options=parse_method_options(opts), progress=not quiet)
     _check_method_options(cfg)
     summary = run(cfg, resume=resume)
-    click.echo(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        click.echo(json.dumps(summary, indent=2))
 
 
 @cli.command(name="eval")
