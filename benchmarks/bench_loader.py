@@ -13,6 +13,8 @@ import os
 import sys
 import tempfile
 
+import torch
+
 from fastkd.bench.loader import run_loader_bench
 from fastkd.errors import UserError
 
@@ -31,8 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (intra-op threads of the main process)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     args = p.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     try:
         with tempfile.TemporaryDirectory(prefix="fastkd-orl-") as tmp:
             data = args.data

@@ -115,7 +115,7 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
             }
             if "ffcv" in opts.formats:
                 os.makedirs(os.path.join(partial, "ffcv"), exist_ok=True)
-                write_beton(os.path.join(partial, "ffcv", f"{split}.beton"), ShardReader(folder, shards), storage)
+                write_beton(os.path.join(partial, "ffcv", f"{split}.beton"), ShardReader(folder, shards), storage, opts.progress)
                 info["ffcv"] = f"ffcv/{split}.beton"
             splits[split] = info
     sums, sq, npix = train_stats

@@ -9,6 +9,7 @@ we give one ``RGBImageField`` instance an ``encode`` that copies our bytes.
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def ffcv_available() -> bool:
     return True
 
 
-def write_beton(path: str, reader: ShardReader, storage: str) -> None:
+def write_beton(path: str, reader: ShardReader, storage: str, progress: bool = True) -> None:
     """Write ``path`` (fields: image, label, index). One writer process keeps the output byte-identical
     across runs; the expensive decode/resize/encode already ran in parallel."""
     try:
@@ -78,4 +79,13 @@ def write_beton(path: str, reader: ShardReader, storage: str) -> None:
     while len(sizes) and page < 4 * int(sizes.max()):
         page *= 2
     writer = DatasetWriter(path, fields, page_size=page, num_workers=1)
-    writer.from_indexed_dataset(_ShardDataset(reader, storage), chunksize=256)
+    import ffcv.writer
+    from tqdm import tqdm
+
+    original = ffcv.writer.tqdm  # FFCV draws its own bar; silence it with ours
+    ffcv.writer.tqdm = functools.partial(tqdm, disable=not progress, desc=f"ffcv {os.path.basename(path)}",
+                                         unit="img", leave=False)
+    try:
+        writer.from_indexed_dataset(_ShardDataset(reader, storage), chunksize=256)
+    finally:
+        ffcv.writer.tqdm = original

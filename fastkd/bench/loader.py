@@ -71,9 +71,6 @@ def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: 
                 row["epoch_images_per_s"].append(n / dt)
             if progress:
                 print(f"  epoch {e}{' (warm-up)' if e < warmup else ''} {name}: {n} images, {dt:.3f} s", file=sys.stderr)
-    for obj, _ in live.values():
-        if hasattr(obj, "backend"):  # a fastkd Loader is in a reference cycle (its order lambda): break it, or
-            vars(obj).clear()  # torch's persistent workers are reaped by gc, 5 s per worker, after a timeout
     live.clear()
     gc.collect()  # shut worker processes / pipeline threads down
     for row in rows.values():
@@ -116,8 +113,8 @@ def machine_info(device: torch.device) -> dict:
     if "nvidia.dali" in sys.modules:  # its distribution's name depends on the CUDA version
         versions["nvidia-dali"] = sys.modules["nvidia.dali"].__version__
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "versions": versions}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda if cuda else None,
+            "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "versions": versions}
 
 
 def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch"), split: str = "train",

@@ -23,7 +23,7 @@ def bench():
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True, help="Timed epochs.")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", "out_json", default="bench-results/loader.json", show_default=True, help="JSON output.")
+@click.option("--out", "out_json", default="benchmarks/results/loader.json", show_default=True, help="JSON output.")
 def loader(data, backends, split, batch_size, workers, res, epochs, warmup_epochs, device, out_json):
     """images/s of each backend vs ImageFolder + DataLoader on the same images and augmentation."""
     from fastkd.bench.loader import run_loader_bench
