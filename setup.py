@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "fastkd", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
-        "fastkd.converters", "fastkd.pipelines",
+        "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines",
     ],
     package_dir={"fastkd.converters": "converters", "fastkd.pipelines": "pipelines"},
     install_requires=["torch==2.14.1", "torchvision==0.29.1", "numpy", "scipy", "pillow", "click", "tqdm",

@@ -1,6 +1,7 @@
 """Offline converters: a dataset in its official on-disk layout -> shards, FFCV betons, manifest.
 
-A dataset is one module with a spec and a reader registered by ``@register_dataset(SPEC)``.
+A dataset is one module in ``converters/datasets/`` with a spec and a reader registered by
+``@register_dataset(SPEC)``; every module there is imported (and so registered) on import.
 """
 from __future__ import annotations
 
@@ -29,4 +30,15 @@ def register_dataset(spec: DatasetSpec):
     return decorator
 
 
-from . import orl_faces  # noqa: E402,F401  (registers)
+def _register_all() -> None:
+    """Import every module of ``converters/datasets/``: each registers one dataset (one file each)."""
+    import importlib
+    import pkgutil
+
+    from . import datasets
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(datasets.__path__)):
+        importlib.import_module(f"{datasets.__name__}.{module}")
+
+
+_register_all()

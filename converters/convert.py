@@ -1,11 +1,14 @@
-"""Runs a conversion: official layout -> shards (+ DALI index), FFCV betons and manifest, atomically.
+"""Runs a conversion: official layout -> shards (+ DALI index), FFCV betons and manifest.
 
-Everything is written under ``<out>.partial`` and renamed to ``<out>`` only once the manifest (which
-lists checksums of every file) is complete, so an interrupted run never leaves a folder that looks
-converted.
+Atomic: everything is written under ``<out>.partial`` and renamed to ``<out>`` only once the manifest
+(which lists checksums of every file) is complete, so an interrupted run never leaves a folder that
+looks converted. Resumable: shards are the unit of work; each finished shard leaves a ``.done.json``
+record, and a rerun with the same dataset, root and options skips finished shards, so nothing is
+duplicated or missed. Deterministic: the same inputs give byte-identical files.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -22,8 +25,8 @@ from . import DATASETS
 from .ffcv_writer import write_beton
 from .images import CorruptImageError, channel_stats, encode_jpeg, encode_png, resize_max_side
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, checksum_tree, write_json_atomic
-from .shards import ShardReader, ShardWriter
-from .spec import DatasetSource
+from .shards import ShardReader, shard_name, write_shard, write_table
+from .spec import DatasetSource, carve_val
 
 
 @dataclass
@@ -33,12 +36,22 @@ class ConvertOptions:
     resize_side: str = "longer"  # which side max_side bounds
     jpeg_quality: int = 90
     storage: Optional[str] = None  # None: the dataset's default ("jpg" photos, "raw" small images)
+    val_fraction: float = 0.0  # carve a seeded, class-stratified val split out of train
+    val_seed: int = 0
     workers: int = 0  # 0: all cores
     per_shard: int = 5000
     skip_corrupt: bool = False
     overwrite: bool = False
     progress: bool = True
-    extra: Dict[str, object] = field(default_factory=dict)
+    extra: Dict[str, object] = field(default_factory=dict)  # dataset-specific reader options
+
+    def fingerprint(self) -> dict:
+        """The options that change the output bytes (a resume must match them)."""
+        d = asdict(self)
+        for k in ("workers", "overwrite", "progress"):
+            d.pop(k)
+        d["formats"] = list(self.formats)
+        return d
 
 
 def _encode_one(args):
@@ -52,51 +65,94 @@ def _encode_one(args):
     return payload, None, image.shape[0], image.shape[1], channel_stats(image)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, done: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=desc, unit="img", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.05)
 
 
 def _convert_split(pool, source: DatasetSource, split: str, folder: str, opts: ConvertOptions, storage: str):
     data = source.splits[split]
-    writer = ShardWriter(folder, "jpg" if storage == "jpg" else "png", opts.per_shard)
+    os.makedirs(folder, exist_ok=True)
+    ext = "jpg" if storage == "jpg" else "png"
     max_side = opts.max_side if opts.max_side is not None else source.spec.default_max_side
-    jobs = ((source.load, ref, storage, max_side, opts.resize_side, opts.jpeg_quality) for ref in data.refs)
-    skipped: List[str] = []
-    sums, sq, npix = np.zeros(3), np.zeros(3), 0
-    sizes = set()
-    with _progress(len(data), f"{source.spec.name}/{split}", opts.progress) as bar:
-        for i, (payload, error, h, w, stats) in enumerate(pool.imap(_encode_one, jobs, chunksize=16)):
-            bar.update(1)
-            if error is not None:
-                if not opts.skip_corrupt:
-                    raise UserError(error)
-                skipped.append(data.names[i])
-                continue
-            writer.write(len(writer.rows), payload, int(data.labels[i]), h, w)
-            sums, sq, npix = sums + stats[0], sq + stats[1], npix + stats[2]
-            sizes.add((h, w))
-    table = writer.close()
-    return table, writer.shards, skipped, (sums, sq, npix), sizes
+    n_shards = max(1, -(-len(data) // opts.per_shard))
+    records = []
+    done = [os.path.join(folder, shard_name(k)[:-4] + ".done.json") for k in range(n_shards)]
+    finished = sum(min(opts.per_shard, len(data) - k * opts.per_shard) for k in range(n_shards) if os.path.exists(done[k]))
+    next_index = 0
+    with _progress(len(data), finished, f"{source.spec.name}/{split}", opts.progress) as bar:
+        for k in range(n_shards):
+            if os.path.exists(done[k]):
+                with open(done[k]) as f:
+                    rec = json.load(f)
+            else:
+                lo, hi = k * opts.per_shard, min(len(data), (k + 1) * opts.per_shard)
+                jobs = ((source.load, data.refs[i], storage, max_side, opts.resize_side, opts.jpeg_quality)
+                        for i in range(lo, hi))
+                items, skipped, sums, sq, npix, sizes = [], [], np.zeros(3), np.zeros(3), 0, set()
+                for i, (payload, error, h, w, stats) in enumerate(pool.imap(_encode_one, jobs, chunksize=16), lo):
+                    bar.update(1)
+                    if error is not None:
+                        if not opts.skip_corrupt:
+                            raise UserError(error)
+                        skipped.append(data.names[i])
+                        continue
+                    items.append((next_index + len(items), payload, int(data.labels[i]), h, w))
+                    sums, sq, npix = sums + stats[0], sq + stats[1], npix + stats[2]
+                    sizes.add((h, w))
+                rows = write_shard(folder, k, ext, items)
+                rec = {"rows": rows, "skipped": skipped, "stats": [sums.tolist(), sq.tolist(), npix],
+                       "sizes": sorted(list(s) for s in sizes)}
+                write_json_atomic(done[k], rec)
+            next_index += len(rec["rows"])
+            records.append(rec)
+    rows = [r for rec in records for r in rec["rows"]]
+    table = write_table(folder, rows)
+    for path in done:
+        os.remove(path)
+    stats = [np.sum([np.array(rec["stats"][j]) for rec in records], axis=0) for j in range(3)]
+    sizes = {tuple(s) for rec in records for s in rec["sizes"]}
+    skipped = [name for rec in records for name in rec["skipped"]]
+    return table, [shard_name(k) for k in range(n_shards)], skipped, stats, sizes
+
+
+def _prepare_partial(partial: str, fingerprint: dict, progress: bool) -> None:
+    """Reuse an interrupted run's finished shards when it had the same inputs and options."""
+    state = os.path.join(partial, "resume.json")
+    if os.path.isdir(partial):
+        try:
+            with open(state) as f:
+                same = json.load(f) == fingerprint
+        except (OSError, ValueError):
+            same = False
+        if same:
+            if progress:
+                print(f"resuming the interrupted conversion in {partial}", file=sys.stderr)
+            return
+        shutil.rmtree(partial)
+    os.makedirs(partial)
+    write_json_atomic(state, fingerprint)
 
 
 def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -> dict:
     entry = DATASETS.get(dataset)
     out = os.path.abspath(out)
-    if os.path.exists(os.path.join(out, MANIFEST)) and not opts.overwrite:
-        raise UserError(f"{out} already holds a conversion; pass --overwrite to replace it")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file; give a folder path")
+    if os.path.exists(os.path.join(out, MANIFEST)) and not opts.overwrite:
+        raise UserError(f"{out} already holds a conversion; pass --overwrite to replace it")
     source: DatasetSource = entry.read(root, **opts.extra)
+    if opts.val_fraction > 0:
+        source = carve_val(source, opts.val_fraction, opts.val_seed)
     storage = opts.storage or source.spec.storage
     partial = out + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+    _prepare_partial(partial, {"dataset": entry.spec.name, "root": os.path.abspath(root) if root else None,
+                               "options": opts.fingerprint(), "fastkd_version": __version__}, opts.progress)
     splits: Dict[str, dict] = {}
     train_stats = None
-    workers = opts.workers or os.cpu_count() or 1
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(opts.workers or os.cpu_count() or 1) as pool:
         for split in source.splits:
             folder = os.path.join(partial, "dali", split)
             table, shards, skipped, stats, sizes = _convert_split(pool, source, split, folder, opts, storage)
@@ -115,14 +171,29 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
             }
             if "ffcv" in opts.formats:
                 os.makedirs(os.path.join(partial, "ffcv"), exist_ok=True)
-                write_beton(os.path.join(partial, "ffcv", f"{split}.beton"), ShardReader(folder, shards), storage, opts.progress)
+                write_beton(os.path.join(partial, "ffcv", f"{split}.beton"), ShardReader(folder, shards), storage,
+                            opts.progress)
                 info["ffcv"] = f"ffcv/{split}.beton"
             splits[split] = info
+    os.remove(os.path.join(partial, "resume.json"))
+    manifest = _manifest(source, root, storage, splits, train_stats, opts)
+    manifest["checksums"] = checksum_tree(partial)
+    write_json_atomic(os.path.join(partial, MANIFEST), manifest)
+    old = out + ".old"
+    if os.path.exists(out):  # move the previous conversion aside first: a crash never leaves neither
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(partial, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest
+
+
+def _manifest(source: DatasetSource, root, storage: str, splits: dict, train_stats, opts: ConvertOptions) -> dict:
     sums, sq, npix = train_stats
-    mean = sums / max(npix, 1)
-    std = np.sqrt(np.maximum(sq / max(npix, 1) - mean * mean, 1e-12))
+    mean = np.asarray(sums) / max(npix, 1)
+    std = np.sqrt(np.maximum(np.asarray(sq) / max(npix, 1) - mean * mean, 1e-12))
     spec = source.spec
-    manifest = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "fastkd_version": __version__,
@@ -138,16 +209,6 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
                   "default_res": spec.default_res},
         "mean": [round(float(m), 6) for m in mean],
         "std": [round(float(s), 6) for s in std],
-        "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "overwrite")},
+        "options": opts.fingerprint(),
         "extra": source.extra,
     }
-    manifest["options"]["formats"] = list(opts.formats)
-    manifest["checksums"] = checksum_tree(partial)
-    write_json_atomic(os.path.join(partial, MANIFEST), manifest)
-    old = out + ".old"
-    if os.path.exists(out):  # move the previous conversion aside first: a crash never leaves neither
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return manifest

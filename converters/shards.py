@@ -5,80 +5,64 @@ where ``<key>`` is the 8-digit dataset index. Beside each shard, ``<shard>.idx``
 (the format of DALI's ``wds2idx``), so ``fn.readers.webdataset`` needs no indexing pass; ``samples.npy``
 records where every image lies (shard, byte offset, size, label, height, width) so that fastkd's
 torch and DALI backends can read any sample in any order without scanning the tar.
-Output is deterministic: fixed member order, mtime 0, uid/gid 0.
+Output is deterministic: fixed member order, mtime 0, uid/gid 0. Each shard is written under a
+temporary name and renamed when complete.
 """
 from __future__ import annotations
 
 import io
 import os
 import tarfile
-from typing import List
+from typing import Iterable, List, Tuple
 
 import numpy as np
 
 SAMPLE_DTYPE = np.dtype(
     [("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u4"), ("label", "<i8"), ("height", "<u2"), ("width", "<u2")]
 )
+Row = Tuple[int, int, int, int, int, int]
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.tar"
 
 
 def _padded(n: int) -> int:
     return (n + 511) // 512 * 512
 
 
-class ShardWriter:
-    """Writes samples in order into ``shard-%05d.tar`` files of at most ``per_shard`` samples."""
+def write_shard(folder: str, k: int, ext: str, samples: Iterable[Tuple[int, bytes, int, int, int]]) -> List[Row]:
+    """Write shard ``k`` from ``(index, payload, label, height, width)`` items; returns its table rows."""
+    path = os.path.join(folder, shard_name(k))
+    tmp = path + ".tmp"
+    rows: List[Row] = []
+    lines: List[str] = []
+    with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
 
-    def __init__(self, folder: str, ext: str, per_shard: int):
-        self.folder, self.ext, self.per_shard = folder, ext, per_shard
-        os.makedirs(folder, exist_ok=True)
-        self.rows: List[tuple] = []
-        self.shards: List[str] = []
-        self._tar = None
-        self._idx_lines: List[str] = []
-        self._in_shard = 0
+        def add(name: str, data: bytes) -> int:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+            return tar.offset - _padded(len(data))
 
-    def _open_next(self) -> None:
-        self._close_current()
-        name = f"shard-{len(self.shards):05d}.tar"
-        self.shards.append(name)
-        self._tar = tarfile.open(os.path.join(self.folder, name), "w", format=tarfile.USTAR_FORMAT)
-        self._idx_lines, self._in_shard = [], 0
+        for index, payload, label, height, width in samples:
+            key = f"{index:08d}"
+            img_off = add(f"{key}.{ext}", payload)
+            cls = str(int(label)).encode()
+            cls_off = add(f"{key}.cls", cls)
+            lines.append(f"{ext} {img_off} {len(payload)} {key}.{ext} cls {cls_off} {len(cls)} {key}.cls")
+            rows.append((k, img_off, len(payload), int(label), height, width))
+    with open(path[:-4] + ".idx", "w") as f:
+        f.write(f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+    return rows
 
-    def _add(self, name: str, data: bytes) -> int:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
-        info.uname = info.gname = ""
-        self._tar.addfile(info, io.BytesIO(data))
-        return self._tar.offset - _padded(len(data))
 
-    def write(self, index: int, payload: bytes, label: int, height: int, width: int) -> None:
-        if self._tar is None or self._in_shard == self.per_shard:
-            self._open_next()
-        key = f"{index:08d}"
-        img_off = self._add(f"{key}.{self.ext}", payload)
-        cls = str(int(label)).encode()
-        cls_off = self._add(f"{key}.cls", cls)
-        self._idx_lines.append(
-            f"{self.ext} {img_off} {len(payload)} {key}.{self.ext} cls {cls_off} {len(cls)} {key}.cls"
-        )
-        self.rows.append((len(self.shards) - 1, img_off, len(payload), int(label), height, width))
-        self._in_shard += 1
-
-    def _close_current(self) -> None:
-        if self._tar is None:
-            return
-        self._tar.close()
-        idx_path = os.path.join(self.folder, self.shards[-1][:-4] + ".idx")
-        with open(idx_path, "w") as f:
-            f.write(f"v1.2 {len(self._idx_lines)}\n" + "\n".join(self._idx_lines) + "\n")
-        self._tar = None
-
-    def close(self) -> np.ndarray:
-        """Finish the last shard and write ``samples.npy``; returns the sample table."""
-        self._close_current()
-        table = np.array(self.rows, dtype=SAMPLE_DTYPE)
-        np.save(os.path.join(self.folder, "samples.npy"), table)
-        return table
+def write_table(folder: str, rows: List[Row]) -> np.ndarray:
+    table = np.array([tuple(r) for r in rows], dtype=SAMPLE_DTYPE)
+    np.save(os.path.join(folder, "samples.npy"), table)
+    return table
 
 
 class ShardReader:

@@ -63,3 +63,33 @@ def check_labels(labels: Sequence[int], num_classes: int, where: str) -> np.ndar
 
 
 Shape = Tuple[int, int]
+
+
+def carve_val(source: DatasetSource, fraction: float, seed: int) -> DatasetSource:
+    """Hold out a seeded, class-stratified ``val`` split from ``train`` (for datasets without one).
+
+    In each class, ``round(fraction * n)`` samples (at least one when the class has two or more) chosen
+    by a permutation seeded with ``(seed, class)`` move to ``val``; both splits keep the source order.
+    """
+    from fastkd.errors import UserError
+
+    if "val" in source.splits:
+        raise UserError(f"{source.spec.name} already has an official val split; drop --val-fraction")
+    if not 0 < fraction < 1:
+        raise UserError(f"--val-fraction {fraction} must be between 0 and 1")
+    train = source.splits["train"]
+    held = np.zeros(len(train), dtype=bool)
+    for c in np.unique(train.labels):
+        idx = np.flatnonzero(train.labels == c)
+        k = int(round(fraction * len(idx)))
+        k = max(k, 1) if len(idx) >= 2 else 0
+        held[idx[np.random.default_rng([seed, int(c)]).permutation(len(idx))[:k]]] = True
+
+    def pick(mask):
+        sel = np.flatnonzero(mask)
+        return SourceSplit([train.refs[i] for i in sel], train.labels[sel], [train.names[i] for i in sel])
+
+    splits = {"train": pick(~held), "val": pick(held)}
+    splits.update({k: v for k, v in source.splits.items() if k != "train"})
+    rule = f"{source.split_rule}; val: {fraction:g} of each train class held out, seed {seed}"
+    return DatasetSource(source.spec, source.classes, splits, source.load, source.class_order, rule, source.extra)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastkd.converters import shards as shards_module
+from fastkd.converters import convert as convert_module
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.converters.images import CorruptImageError, decode_bytes, load_rgb_file
 from fastkd.converters.manifest import checksum_tree
@@ -202,10 +202,11 @@ def test_conversion_is_deterministic(fake_orl, tmp_path):
     b = convert("orl_faces", root, str(tmp_path / "b"), _opts())
     assert a["checksums"] == b["checksums"]
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
-    # the worker count changes nothing but the recorded option
+    # the worker count changes nothing
     c = convert("orl_faces", root, str(tmp_path / "c"), _opts(workers=1))
     assert c["checksums"] == a["checksums"]
-    assert c["options"]["workers"] == 1
+    assert "workers" not in c["options"]  # the worker count changes no byte of the output
+    assert (tmp_path / "c" / "manifest.json").read_bytes() == (tmp_path / "a" / "manifest.json").read_bytes()
 
 
 def test_ffcv_conversion_is_deterministic(fake_orl, tmp_path):
@@ -228,27 +229,27 @@ class SimulatedCrash(RuntimeError):
 
 
 def _crash_after(monkeypatch, n: int):
-    """Make ShardWriter.write raise on its (n+1)-th call, as an interruption mid-conversion."""
-    original = shards_module.ShardWriter.write
+    """Make the converter's shard writer raise on its (n+1)-th shard, as an interruption mid-conversion."""
+    original = convert_module.write_shard
     calls = {"n": 0}
 
-    def write(self, *args, **kwargs):
+    def write(*args, **kwargs):
         if calls["n"] >= n:
             raise SimulatedCrash("simulated interruption")
         calls["n"] += 1
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(shards_module.ShardWriter, "write", write)
+    monkeypatch.setattr(convert_module, "write_shard", write)
     return calls
 
 
 def test_interrupted_conversion_leaves_nothing_converted(fake_orl, tmp_path, monkeypatch):
     root, _ = fake_orl
     out = str(tmp_path / "data")
-    calls = _crash_after(monkeypatch, 5)
+    calls = _crash_after(monkeypatch, 2)
     with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts())
-    assert calls["n"] == 5
+        convert("orl_faces", root, out, _opts(per_shard=100))
+    assert calls["n"] == 2
     assert not os.path.exists(os.path.join(out, "manifest.json"))
     assert not os.path.exists(out)
     assert os.path.isdir(out + ".partial")  # the half-written work lives here only
@@ -264,9 +265,9 @@ def test_interrupted_conversion_leaves_nothing_converted(fake_orl, tmp_path, mon
 def test_open_converted_names_the_interruption(fake_orl, tmp_path, monkeypatch):
     root, _ = fake_orl
     out = str(tmp_path / "data")
-    _crash_after(monkeypatch, 5)
+    _crash_after(monkeypatch, 2)
     with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts())
+        convert("orl_faces", root, out, _opts(per_shard=100))
     with pytest.raises(UserError, match="interrupted"):
         open_converted(out)
 
@@ -276,12 +277,40 @@ def test_interrupted_overwrite_keeps_the_old_conversion(fake_orl, tmp_path, monk
     out = str(tmp_path / "data")
     first = convert("orl_faces", root, out, _opts())
     old_bytes = (tmp_path / "data" / "manifest.json").read_bytes()
-    _crash_after(monkeypatch, 100)
+    _crash_after(monkeypatch, 3)
     with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(overwrite=True, jpeg_quality=50))
+        convert("orl_faces", root, out, _opts(overwrite=True, jpeg_quality=50, per_shard=100))
     assert (tmp_path / "data" / "manifest.json").read_bytes() == old_bytes
     assert checksum_tree(out) == first["checksums"]
     assert open_converted(out).manifest["options"]["jpeg_quality"] == 90
+
+
+def test_interrupted_conversion_resumes_without_duplicates_or_gaps(fake_orl, tmp_path, monkeypatch):
+    root, _ = fake_orl
+    whole = convert("orl_faces", root, str(tmp_path / "whole"), _opts(per_shard=100))
+    out = str(tmp_path / "data")
+    _crash_after(monkeypatch, 2)  # train has 4 shards of <= 100: two finished, then the crash
+    with pytest.raises(SimulatedCrash):
+        convert("orl_faces", root, out, _opts(per_shard=100))
+    monkeypatch.undo()
+    calls = _crash_after(monkeypatch, 10**6)
+    resumed = convert("orl_faces", root, out, _opts(per_shard=100))
+    assert calls["n"] == 3  # train shards 3 and 4, then the test split's single shard
+    assert resumed == whole and checksum_tree(out) == whole["checksums"]
+    table = ShardReader(os.path.join(out, "dali", "train"), ["shard-00000.tar"]).table
+    assert len(table) == 320 and sorted(table["label"].tolist()) == sorted(np.repeat(np.arange(40), 8).tolist())
+
+
+def test_resume_with_other_options_starts_over(fake_orl, tmp_path, monkeypatch):
+    root, _ = fake_orl
+    out = str(tmp_path / "data")
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(SimulatedCrash):
+        convert("orl_faces", root, out, _opts(per_shard=100))
+    monkeypatch.undo()
+    calls = _crash_after(monkeypatch, 10**6)
+    manifest = convert("orl_faces", root, out, _opts(per_shard=100, jpeg_quality=70))
+    assert calls["n"] == 5 and manifest["options"]["jpeg_quality"] == 70
 
 
 # --------------------------------------------------------------------------------------- bad input

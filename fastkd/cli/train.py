@@ -70,6 +70,8 @@ def _check_method_options(cfg) -> None:
               "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
 @click.option("--backend", default="torch", show_default=True, help="Data pipeline: ffcv, dali or torch.")
 @click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--eval-split", default=None, help="Split for top-1/top-5 (default: test, else val).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--eval-every", type=int, default=1, show_default=True)

@@ -30,7 +30,7 @@ class TrainConfig:
     backend: str = "torch"
     workers: int = 2
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: Optional[str] = None  # None: "test" when the conversion has one, else "val"
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1

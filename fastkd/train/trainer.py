@@ -47,7 +47,8 @@ class Trainer:
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
                       workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
         self.train_loader = Loader(self.data, cfg.train_split, train=True, **common)
-        self.eval_loader = Loader(self.data, cfg.eval_split, train=False, **common)
+        self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
+        self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
         if len(self.train_loader) == 0:
             raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.train_loader.count} training samples; "
                             "lower it")
@@ -176,12 +177,12 @@ class Trainer:
             row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
             last = epoch + 1 == cfg.epochs
             if last or (epoch + 1) % max(cfg.eval_every, 1) == 0:
-                row.update({f"{cfg.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
+                row.update({f"{self.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
             self.history.append(row)
             if self.dist.main:
                 checkpoint.save_atomic(self.ckpt_path, self._state(epoch))
                 self._write_metrics()
-                acc = f" {cfg.eval_split} top1 {row[f'{cfg.eval_split}_top1']:.2f}" if f"{cfg.eval_split}_top1" in row else ""
+                acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
                 _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
                      f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
         distributed.barrier()
@@ -196,14 +197,14 @@ class Trainer:
 
     def _summary(self, wall: float) -> dict:
         final = self.history[-1] if self.history else {}
-        key = f"{self.cfg.eval_split}_top1"
+        key = f"{self.eval_split}_top1"
         train_s = sum(r["train_seconds"] for r in self.history)
         seen = sum(r["train_seconds"] * r["train_images_per_s"] for r in self.history)
         summary = {
             "student": self.student.fastkd_name, "teacher": self.teacher.fastkd_name if self.teacher else None,
             "method": self.cfg.method, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
             "params": count_parameters(self.student),
-            "top1": final.get(key), "top5": final.get(f"{self.cfg.eval_split}_top5"),
+            "top1": final.get(key), "top5": final.get(f"{self.eval_split}_top5"),
             "best_top1": max((r[key] for r in self.history if key in r), default=None),
             "wall_seconds": wall, "train_seconds": train_s,
             "train_images_per_s": seen / max(train_s, 1e-9),

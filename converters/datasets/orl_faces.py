@@ -12,9 +12,9 @@ import numpy as np
 
 from fastkd.errors import UserError
 
-from . import register_dataset
-from .images import load_rgb_file
-from .spec import DatasetSource, DatasetSpec, SourceSplit
+from .. import register_dataset
+from ..images import load_rgb_file
+from ..spec import DatasetSource, DatasetSpec, SourceSplit
 
 PEOPLE, PHOTOS, TRAIN_PHOTOS = 40, 10, 8
 
