@@ -133,3 +133,20 @@ def test_warmup_is_linear_then_cosine_from_peak():
     assert lr_at(cfg, 0.5) == pytest.approx(0.05)
     assert lr_at(cfg, 2.0) == pytest.approx(0.2)
     assert lr_at(cfg, 7.0) == pytest.approx(0.1)
+
+
+def test_torchrun_two_processes_on_cpu(orl_data, tmp_path):
+    """DistributedDataParallel under torchrun (gloo on CPU): one report, one checkpoint, full eval."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "fastkd", "train", "--data", orl_data, "--out", str(out), "--model", "shufflenet_v2_x0_5",
+           "--epochs", "1", "--batch-size", "32", "--res", "32", "--workers", "0", "--device", "cpu", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count('"student"') == 1  # only rank 0 reports
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert rows[0]["test_count"] == 80  # the two ranks' halves of the test split, summed
+    assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 0

@@ -1,7 +1,7 @@
 """The method interface: declared signals, default weights, adapters, and the loss terms."""
 from __future__ import annotations
 
-from typing import Dict, FrozenSet
+from typing import Dict, FrozenSet, Optional
 
 import torch
 from torch import nn
@@ -26,8 +26,9 @@ class Method(nn.Module):
         """Build adapters from one dry forward pass (shapes only). Default: nothing to build."""
 
     def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor],
-                labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Weighted loss terms, named ``<method>`` or ``<method>.<term>``."""
+                labels: torch.Tensor, index: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Weighted loss terms, named ``<method>`` or ``<method>.<term>``. ``index``: dataset indices of
+        the batch (for methods with a memory bank)."""
         raise NotImplementedError
 
     def options(self) -> Dict[str, object]:

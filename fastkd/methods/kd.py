@@ -39,7 +39,7 @@ class KD(Method):
         super().__init__()
         self.temperature, self.weight = float(temperature), float(weight)
 
-    def forward(self, student, teacher, labels):
+    def forward(self, student, teacher, labels, index=None):
         return {"kd": self.weight * kd_loss(student["logits"], teacher["logits"], self.temperature)}
 
     def options(self):

@@ -130,7 +130,7 @@ class Trainer:
             with torch.no_grad():
                 t = self.t_signals(batch.images)
             for m in self.methods:
-                terms.update(m(s, t, batch.labels))
+                terms.update(m(s, t, batch.labels, batch.index))
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise UserError(f"the loss became {float(loss)} at epoch {int(epoch_pos)}; lower --lr "
