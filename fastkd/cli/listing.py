@@ -32,7 +32,7 @@ def _datasets(data):
     for name, entry in DATASETS.items():
         s = entry.spec
         rows.append([name, s.split_counts.get("train"), s.split_counts.get("test", s.split_counts.get("val")),
-                     s.num_classes, s.resolution, s.layout])
+                     s.num_classes or "any", s.resolution, s.layout])
     return ["dataset", "train", "test", "classes", "resolution", "official layout"], rows
 
 

@@ -21,6 +21,13 @@ class Method(nn.Module):
     name: str = ""
     needs: FrozenSet[str] = frozenset()
     ce_weight: float = 1.0
+    #: True while this method's terms must be the step's whole loss (no CE, no other method), e.g.
+    #: FitNets' stage 1 (hint training); methods that use it update it in :meth:`set_epoch`.
+    exclusive: bool = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer at the start of every (0-based) epoch, a resumed one included, for
+        epoch-dependent schedules (DKD's warm-up, FitNets' stages). Default: nothing."""
 
     def setup(self, student_signals: Dict[str, torch.Tensor], teacher_signals: Dict[str, torch.Tensor]) -> None:
         """Build adapters from one dry forward pass (shapes only). Default: nothing to build."""

@@ -71,7 +71,10 @@ class Trainer:
                                          weight_decay=cfg.weight_decay)
         self.model = self.student
         if self.dist.world > 1:
-            self.model = DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # FitNets stage 1 leaves the layers above the guided one without gradients
+            unused = any(getattr(m, "stage1_epochs", 0) > 0 for m in self.methods)
+            self.model = DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                                 find_unused_parameters=unused)
             self.s_signals.model = self.model
         self.start_epoch, self.history = 0, []
         self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
@@ -125,11 +128,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.cfg, epoch_pos)
         s = self.s_signals(batch.images)
-        terms = {"ce": self.ce_weight * F.cross_entropy(s["logits"].float(), batch.labels)}
+        exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
+        terms = {} if exclusive else {"ce": self.ce_weight * F.cross_entropy(s["logits"].float(), batch.labels)}
         if self.t_signals is not None:
             with torch.no_grad():
                 t = self.t_signals(batch.images)
-            for m in self.methods:
+            for m in exclusive or self.methods:
                 terms.update(m(s, t, batch.labels, batch.index))
         loss = sum(terms.values())
         if not torch.isfinite(loss):
@@ -145,6 +149,8 @@ class Trainer:
         from tqdm import tqdm
 
         self.student.train()
+        for m in self.methods:
+            m.set_epoch(epoch)
         n_batches, sums, seen, correct = len(self.train_loader), {}, 0, 0
         start = time.time()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,

@@ -1,0 +1,310 @@
+"""Feature/relation/logit distillation losses (l2, fitnets, pkt, rkd, at, dkd) against values computed
+independently in float64 numpy from the papers' formulas, their invariances and gradient flow, and every
+method on real model pairs at 32x32."""
+from __future__ import annotations
+
+import functools
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from fastkd.errors import UserError
+from fastkd.methods import METHODS, parse_methods
+from fastkd.methods import at, dkd, fitnets, l2, pkt, rkd  # noqa: F401  (registers them)
+from fastkd.methods.at import AT, at_loss
+from fastkd.methods.dkd import DKD, dkd_loss
+from fastkd.methods.fitnets import FitNets, fitnets_loss
+from fastkd.methods.kd import kd_loss
+from fastkd.methods.l2 import L2, l2_loss
+from fastkd.methods.pkt import PKT, pkt_loss
+from fastkd.methods.rkd import RKD, rkd_angle_loss, rkd_distance_loss
+from fastkd.models import FeatureTaps, create_model
+
+NAMES = ["l2", "fitnets", "pkt", "rkd", "at", "dkd"]
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _t(a, grad=False):
+    return torch.tensor(a, dtype=torch.float32, requires_grad=grad)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _block_pool(x, h, w):
+    """Average pooling of the trailing H x W to h x w (H, W multiples of h, w): adaptive pooling's value."""
+    *lead, big_h, big_w = x.shape
+    return x.reshape(*lead, h, big_h // h, w, big_w // w).mean(axis=(-3, -1))
+
+
+def _huber(a, b):
+    d = np.abs(a - b)
+    return np.where(d < 1.0, 0.5 * d * d, d - 0.5)
+
+
+# ---- reference formulas, float64, written out ---------------------------------------------------------
+def ref_pkt(s, t, eps=1e-7):
+    def probs(x):
+        n = len(x)
+        k = np.empty((n, n))
+        for i, j in itertools.product(range(n), range(n)):
+            cos = x[i] @ x[j] / ((np.linalg.norm(x[i]) + eps) * (np.linalg.norm(x[j]) + eps))
+            k[i, j] = (cos + 1) / 2
+        return k / k.sum(axis=1, keepdims=True)
+
+    p, q = probs(t), probs(s)
+    return np.mean(p * np.log((p + eps) / (q + eps)))
+
+
+def ref_rkd(s, t):
+    n = len(s)
+
+    def psi_d(x):
+        d = np.array([[np.linalg.norm(x[i] - x[j]) for j in range(n)] for i in range(n)])
+        return d / (d.sum() / (n * (n - 1)))
+
+    def psi_a(x):
+        out = np.zeros((n, n, n))
+        for i, j, k in itertools.product(range(n), range(n), range(n)):
+            if i != j and k != j:
+                a, b = x[i] - x[j], x[k] - x[j]
+                out[i, j, k] = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+        return out
+
+    return _huber(psi_d(s), psi_d(t)).mean(), _huber(psi_a(s), psi_a(t)).mean()
+
+
+def ref_at(s, t, p=2.0):
+    qs, qt = (np.abs(s) ** p).mean(axis=1), (np.abs(t) ** p).mean(axis=1)
+    h, w = min(qs.shape[1], qt.shape[1]), min(qs.shape[2], qt.shape[2])
+    qs, qt = _block_pool(qs, h, w).reshape(len(s), -1), _block_pool(qt, h, w).reshape(len(t), -1)
+    qs = qs / np.linalg.norm(qs, axis=1, keepdims=True)
+    qt = qt / np.linalg.norm(qt, axis=1, keepdims=True)
+    return ((qs - qt) ** 2).mean()
+
+
+def ref_dkd(s, t, y, T):
+    tckd = nckd = 0.0
+    for zs, zt, g in zip(s / T, t / T, y):
+        ps, pt = _softmax(zs[None])[0], _softmax(zt[None])[0]
+        bs, bt = np.array([ps[g], 1 - ps[g]]), np.array([pt[g], 1 - pt[g]])
+        tckd += (bt * np.log(bt / bs)).sum()
+        hs, ht = np.delete(ps, g) / (1 - ps[g]), np.delete(pt, g) / (1 - pt[g])
+        nckd += (ht * np.log(ht / hs)).sum()
+    return tckd / len(y) * T * T, nckd / len(y) * T * T
+
+
+# ---- values --------------------------------------------------------------------------------------------
+def test_l2_matches_hand_computation_and_is_zero_on_identity():
+    s, t = _rng().normal(size=(3, 5)), _rng(1).normal(size=(3, 5))
+    expected = ((s - t) ** 2).sum() / 15
+    assert l2_loss(_t(s), _t(t)).item() == pytest.approx(expected, rel=1e-6)
+    assert L2()({"logits": _t(s)}, {"logits": _t(t)}, None)["l2"].item() == pytest.approx(expected, rel=1e-6)
+    assert l2_loss(_t(s), _t(s)).item() == 0.0
+
+
+def test_fitnets_loss_pools_the_larger_map_and_method_weights_it():
+    r, h = _rng().normal(size=(2, 3, 4, 4)), _rng(1).normal(size=(2, 3, 2, 2))
+    expected = ((_block_pool(r, 2, 2) - h) ** 2).mean()
+    assert fitnets_loss(_t(r), _t(h)).item() == pytest.approx(expected, rel=1e-5)
+    assert fitnets_loss(_t(h), _t(r)).item() == pytest.approx(expected, rel=1e-5)  # either side larger
+    assert fitnets_loss(_t(r), _t(r)).item() == 0.0
+    m = FitNets()
+    s, t = {"stage2": _t(_rng(2).normal(size=(2, 4, 4, 4)))}, {"stage2": _t(h)}
+    m.setup(s, t)
+    conv, bn = m.regressor
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (4, 3, (3, 3), (1, 1))
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        regressed = m.regressor(s["stage2"]).double().numpy()
+        got = m(s, t, None)["fitnets"].item()
+    assert got == pytest.approx(100 * ((_block_pool(regressed, 2, 2) - h) ** 2).mean(), rel=1e-5)
+
+
+def test_pkt_matches_hand_computation_and_invariances():
+    s, t = _rng().normal(size=(5, 3)), _rng(1).normal(size=(5, 7))  # widths may differ
+    expected = ref_pkt(s, t)
+    assert pkt_loss(_t(s), _t(t)).item() == pytest.approx(expected, rel=1e-4)
+    assert expected == pytest.approx(0.0496198, rel=1e-5)  # frozen: a change of the reference is caught
+    assert PKT()({"embedding": _t(s)}, {"embedding": _t(t)}, None)["pkt"].item() == pytest.approx(
+        30000 * expected, rel=1e-4)
+    assert pkt_loss(_t(s), _t(s)).item() == pytest.approx(0.0, abs=1e-7)
+    scale = _rng(3).uniform(0.5, 4.0, size=(5, 1))  # cosine kernel: per-sample scale does not matter
+    assert pkt_loss(_t(s * scale), _t(t)).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_rkd_matches_hand_computation_and_invariances():
+    s, t = _rng().normal(size=(5, 3)), _rng(1).normal(size=(5, 6))
+    dist, angle = ref_rkd(s, t)
+    assert (dist, angle) == pytest.approx((0.0568921, 0.0639031), rel=1e-5)  # frozen reference values
+    assert rkd_distance_loss(_t(s), _t(t)).item() == pytest.approx(dist, rel=1e-4)
+    assert rkd_angle_loss(_t(s), _t(t)).item() == pytest.approx(angle, rel=1e-4)
+    terms = RKD()({"embedding": _t(s)}, {"embedding": _t(t)}, None)
+    assert set(terms) == {"rkd.distance", "rkd.angle"}
+    assert terms["rkd.distance"].item() == pytest.approx(25 * dist, rel=1e-4)
+    assert terms["rkd.angle"].item() == pytest.approx(50 * angle, rel=1e-4)
+    # distances are normalised by their mean, angles by construction: scale and shift of the student
+    moved = _t(3.0 * s + 1.5)
+    assert rkd_distance_loss(moved, _t(t)).item() == pytest.approx(dist, rel=1e-4)
+    assert rkd_angle_loss(moved, _t(t)).item() == pytest.approx(angle, rel=1e-4)
+    assert rkd_distance_loss(_t(s), _t(s)).item() == pytest.approx(0.0, abs=1e-10)
+    assert rkd_angle_loss(_t(s), _t(s)).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_at_matches_hand_computation_across_stages_and_sizes():
+    rng = _rng()
+    s = {"stage1": rng.normal(size=(2, 4, 8, 8)), "stage2": rng.normal(size=(2, 6, 4, 4)),
+         "stage3": rng.normal(size=(2, 8, 4, 4))}
+    t = {"stage1": rng.normal(size=(2, 5, 4, 4)), "stage2": rng.normal(size=(2, 3, 8, 8)),
+         "stage3": rng.normal(size=(2, 2, 4, 4))}
+    per_stage = {k: ref_at(s[k], t[k]) for k in s}
+    for k in s:
+        assert at_loss(_t(s[k]), _t(t[k])).item() == pytest.approx(per_stage[k], rel=1e-5)
+    m = AT()
+    ts, tt = {k: _t(v) for k, v in s.items()}, {k: _t(v) for k, v in t.items()}
+    m.setup(ts, tt)
+    assert m(ts, tt, None)["at"].item() == pytest.approx(500 * sum(per_stage.values()), rel=1e-5)  # beta/2
+    two = AT(stages="stage1+stage3", p=4)
+    assert two.needs == {"stage1", "stage3"}
+    expected = 500 * (ref_at(s["stage1"], t["stage1"], 4) + ref_at(s["stage3"], t["stage3"], 4))
+    assert two(ts, tt, None)["at"].item() == pytest.approx(expected, rel=1e-5)
+    x = ts["stage2"]
+    assert at_loss(x, 3.0 * x).item() == pytest.approx(0.0, abs=1e-12)  # normalised attention
+
+
+def test_dkd_matches_hand_computation_and_decomposes_kd():
+    s, t = _rng().normal(size=(4, 6)) * 3, _rng(1).normal(size=(4, 6)) * 3
+    y = np.array([0, 5, 2, 2])
+    tckd, nckd = ref_dkd(s, t, y, 4.0)
+    assert (tckd, nckd) == pytest.approx((0.0817956, 4.8904766), rel=1e-5)  # frozen reference values
+    got = dkd_loss(_t(s), _t(t), torch.tensor(y), 4.0)
+    assert got[0].item() == pytest.approx(tckd, rel=1e-4) and got[1].item() == pytest.approx(nckd, rel=1e-4)
+    terms = DKD()({"logits": _t(s)}, {"logits": _t(t)}, torch.tensor(y))
+    assert terms["dkd.tckd"].item() == pytest.approx(tckd, rel=1e-4)
+    assert terms["dkd.nckd"].item() == pytest.approx(8 * nckd, rel=1e-4)
+    # paper eq. 3, per sample: KD = TCKD + (1 - p^t_gt) NCKD
+    for n in range(4):
+        a, b = dkd_loss(_t(s[n:n + 1]), _t(t[n:n + 1]), torch.tensor(y[n:n + 1]), 4.0)
+        p_gt = _softmax(t[n:n + 1] / 4.0)[0, y[n]]
+        kd = kd_loss(_t(s[n:n + 1]), _t(t[n:n + 1]), 4.0).item()
+        assert kd == pytest.approx(a.item() + (1 - p_gt) * b.item(), rel=1e-4)
+    zero = dkd_loss(_t(s), _t(s), torch.tensor(y), 4.0)
+    assert zero[0].item() == pytest.approx(0.0, abs=1e-6) and zero[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dkd_warmup_and_fitnets_stages():
+    s, t = {"logits": _t(_rng().normal(size=(3, 5)))}, {"logits": _t(_rng(1).normal(size=(3, 5)))}
+    y = torch.tensor([1, 2, 3])
+    m, full = DKD(), DKD()(s, t, y)["dkd.nckd"].item()  # no set_epoch: no ramp
+    for epoch, factor in [(0, 1 / 20), (9, 10 / 20), (19, 1.0), (50, 1.0)]:
+        m.set_epoch(epoch)
+        assert m(s, t, y)["dkd.nckd"].item() == pytest.approx(factor * full, rel=1e-6)
+    m = DKD(warmup=0)
+    m.set_epoch(0)
+    assert m(s, t, y)["dkd.nckd"].item() == pytest.approx(full, rel=1e-6)
+
+    f = FitNets(stage1_epochs=2)
+    sig = {"stage2": torch.randn(2, 4, 4, 4)}
+    f.setup(sig, sig)
+    with pytest.raises(UserError, match="set_epoch"):
+        f(sig, sig, None)
+    f.set_epoch(1)
+    assert f.exclusive and set(f(sig, sig, None)) == {"fitnets"}
+    f.set_epoch(2)
+    assert not f.exclusive and f(sig, sig, None) == {}
+    assert not FitNets().exclusive
+
+
+def test_options_report_paper_defaults_and_bad_options_are_user_errors():
+    got = {m.name: (m.options(), m.ce_weight, m.needs) for m in parse_methods("+".join(NAMES))}
+    assert got == {
+        "l2": ({"weight": 1.0}, 0.0, {"logits"}),
+        "fitnets": ({"weight": 100.0, "hint": "stage2", "guided": "stage2", "stage1_epochs": 0}, 1.0, {"stage2"}),
+        "pkt": ({"weight": 30000.0, "eps": 1e-7}, 1.0, {"embedding"}),
+        "rkd": ({"distance_weight": 25.0, "angle_weight": 50.0}, 1.0, {"embedding"}),
+        "at": ({"beta": 1000.0, "p": 2.0, "stages": ["stage1", "stage2", "stage3"]}, 1.0,
+               {"stage1", "stage2", "stage3"}),
+        "dkd": ({"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20}, 1.0, {"logits"}),
+    }
+    assert FitNets(hint="stage3", guided="stage2").needs == {"stage2", "stage3"}
+    for bad in (lambda: FitNets(hint="embedding"), lambda: AT(stages="stage5"), lambda: DKD(warmup=-1)):
+        with pytest.raises(UserError):
+            bad()
+    with pytest.raises(UserError, match="N x C x H x W"):
+        FitNets().setup({"stage2": torch.zeros(2, 8)}, {"stage2": torch.zeros(2, 8)})
+
+
+# ---- gradients -----------------------------------------------------------------------------------------
+def _signals(grad, seed, stage_shapes, emb, classes=7, n=2):
+    g = torch.Generator().manual_seed(seed)
+    out = {k: torch.randn(n, *shape, generator=g) for k, shape in stage_shapes.items()}
+    out["embedding"] = torch.randn(n, emb, generator=g)
+    out["logits"] = torch.randn(n, classes, generator=g)
+    return {k: v.requires_grad_(grad) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adapters_from_mismatched_shapes_and_gradient_flow(name):
+    # teacher 2x64x8x8 vs student 2x16x16x16 (and a teacher map larger than the student's at stage2)
+    student = _signals(True, 0, {"stage1": (16, 16, 16), "stage2": (32, 4, 4), "stage3": (16, 16, 16)}, 10)
+    teacher = _signals(True, 1, {"stage1": (64, 8, 8), "stage2": (64, 8, 8), "stage3": (64, 8, 8)}, 24)
+    (method,) = parse_methods(name)
+    method.setup({k: v.detach() for k, v in student.items()}, {k: v.detach() for k, v in teacher.items()})
+    terms = method(student, teacher, torch.tensor([1, 4]))
+    assert terms and all(torch.isfinite(v) for v in terms.values())
+    sum(terms.values()).backward()
+    assert all(v.grad is None for v in teacher.values())
+    used = [v for k, v in student.items() if k in method.needs]
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0 for v in used)
+    for p in method.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    if name == "fitnets":
+        assert method.regressor[0].weight.grad.abs().sum() > 0
+
+
+# ---- real model pairs ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    torch.manual_seed(0)
+    return create_model(name, 10, True)
+
+
+PAIRS = {  # one pair per student family; the 4-stage pair also exercises stage4 / non-default taps
+    "ResNet18->mobilenet_v2": ("ResNet18", "mobilenet_v2",
+                               {"at": {"stages": "stage1,stage2,stage3,stage4"},
+                                "fitnets": {"hint": "stage3", "guided": "stage3"}}),
+    "resnet32->shufflenet_v2_x0_5": ("resnet32", "shufflenet_v2_x0_5", {}),
+    "ResNet18->squeezenet1_1": ("ResNet18", "squeezenet1_1", {}),
+}
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("name", NAMES)
+def test_method_on_real_models(name, pair):
+    t_name, s_name, options = PAIRS[pair]
+    teacher, student = _model(t_name).eval(), _model(s_name).train()
+    (method,) = parse_methods(name, options)
+    taps = sorted(method.needs - {"logits"})
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with FeatureTaps(student, taps) as s_taps, FeatureTaps(teacher, taps) as t_taps:
+        student.zero_grad(set_to_none=True)
+        teacher.zero_grad(set_to_none=True)
+        s = {"logits": student(x), **s_taps.outputs}
+        t = {"logits": teacher(x), **t_taps.outputs}  # with grad on purpose: methods must detach it
+    method.setup({k: v.detach() for k, v in s.items()}, {k: v.detach() for k, v in t.items()})
+    terms = method(s, t, torch.tensor([3, 7]))
+    loss = sum(terms.values())
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters())
+    assert name in METHODS
