@@ -150,3 +150,26 @@ def test_torchrun_two_processes_on_cpu(orl_data, tmp_path):
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert rows[0]["test_count"] == 80  # the two ranks' halves of the test split, summed
     assert checkpoint.load(out / "checkpoint.pt")["epoch"] == 0
+
+
+def test_method_needing_a_missing_tap_fails_before_training(orl_data, straight_run, tmp_path):
+    out, _ = straight_run  # a shufflenet_v2_x0_5 teacher (stage1..stage4)
+    with pytest.raises(UserError, match=r"needs feature tap 'stage4', which the student resnet32 lacks"):
+        Trainer(_cfg(orl_data, tmp_path / "at", student="resnet32", method="at",
+                     method_options={"at": {"stages": "stage3,stage4"}}, teacher_weights=str(out / "checkpoint.pt")))
+    assert not (tmp_path / "at").exists()
+
+
+def test_compare_table_resumes_cell_by_cell(orl_data, straight_run, tmp_path, monkeypatch):
+    import fastkd.compare as compare
+
+    out, _ = straight_run
+    base = _cfg(orl_data, "", epochs=1, teacher_weights=str(out / "checkpoint.pt"))
+    first = compare.run_compare(base, ["ce", "kd"], [0, 1], str(tmp_path / "cmp"))
+    cells = first["cells"]
+    assert set(cells) == {"ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"}
+    assert cells["ce/seed0"]["teacher"] is None and cells["kd/seed1"]["method"] == "kd"
+    assert any(line.startswith("| kd ") for line in first["table"].splitlines())
+    monkeypatch.setattr(compare, "train", lambda cfg: pytest.fail("a finished cell was trained again"))
+    again = compare.run_compare(base, ["ce", "kd"], [0, 1], str(tmp_path / "cmp"))
+    assert again["table"] == first["table"]

@@ -6,7 +6,8 @@ from typing import Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from fastkd.models import FeatureTaps
+from fastkd.errors import UserError
+from fastkd.models import FeatureTaps, model_taps
 
 
 class SignalModel:
@@ -26,3 +27,17 @@ class SignalModel:
     def close(self) -> None:
         if self.taps is not None:
             self.taps.close()
+
+
+def check_pair(methods, student: nn.Module, teacher: nn.Module) -> None:
+    """Fail before training when a method needs a tap that the student or the teacher lacks."""
+    s_taps, t_taps = set(model_taps(student)), set(model_taps(teacher))
+    for m in methods:
+        for tap in sorted(set(m.needs) - {"logits"}):
+            lacking = [f"{role} {net.fastkd_name}" for role, net, taps in
+                       (("student", student, s_taps), ("teacher", teacher, t_taps)) if tap not in taps]
+            if lacking:
+                common = ", ".join(sorted(s_taps & t_taps))
+                raise UserError(f"method {m.name} needs feature tap {tap!r}, which the {' and the '.join(lacking)} "
+                                f"{'lacks' if len(lacking) == 1 else 'lack'}; taps both {student.fastkd_name} and {teacher.fastkd_name} have: {common} "
+                                f"(choose them with --opt {m.name}.<option>=...)")

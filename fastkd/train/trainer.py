@@ -26,7 +26,7 @@ from . import checkpoint, distributed
 from .config import TrainConfig
 from .evaluate import evaluate, topk_correct
 from .schedule import lr_at
-from .signals import SignalModel
+from .signals import SignalModel, check_pair
 from .weights import build_teacher
 
 CHECKPOINT = "checkpoint.pt"
@@ -62,6 +62,8 @@ class Trainer:
         elif cfg.teacher or cfg.teacher_weights:
             raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                             "a distillation method such as --method kd")
+        if self.teacher is not None:
+            check_pair(self.methods, self.student, self.teacher)
         self.s_signals = SignalModel(self.student, needs)
         self.t_signals = SignalModel(self.teacher, needs) if self.teacher is not None else None
         self._setup_methods()
@@ -93,6 +95,7 @@ class Trainer:
             t = self.t_signals(x) if self.t_signals else {}
         self.student.train()
         for m in self.methods:
+            m.dataset_size = self.train_loader.count  # memory banks (CRD) are sized by the train split
             m.setup(s, t)
             m.to(self.device)
 

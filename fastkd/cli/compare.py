@@ -1,0 +1,46 @@
+"""``fastkd compare``: methods x seeds for one student, as a table (mean and spread of top-1)."""
+from __future__ import annotations
+
+import click
+
+from fastkd.errors import UserError
+
+from . import cli
+
+
+@cli.command()
+@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
+@click.option("--out", required=True, help="Folder for the cells (<method>/seed<k>) and compare.md/json.")
+@click.option("--student", required=True)
+@click.option("--teacher", default=None)
+@click.option("--teacher-weights", default=None, help="Teacher weights for every method but ce.")
+@click.option("--methods", default="ce,kd", show_default=True, help="Comma list; ce is the student baseline.")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--res", type=int, default=None)
+@click.option("--backend", default="torch", show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs, batch_size, lr, res, backend,
+            workers, device, quiet):
+    """Distil one student with several methods over several seeds; print mean and spread of top-1."""
+    from fastkd.compare import run_compare
+    from fastkd.methods import parse_methods
+    from fastkd.pipelines import BACKENDS
+    from fastkd.train.config import TrainConfig
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for name in names:
+        parse_methods(name)  # unknown names fail here, before any training
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} must be a comma list of integers")
+    BACKENDS.canonical(backend)
+    base = TrainConfig(data=data, out="", student=student, teacher=teacher, teacher_weights=teacher_weights,
+                       epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
+                       device=device, progress=not quiet)
+    run_compare(base, names, seed_list, out)
