@@ -66,6 +66,19 @@ def _check_method_options(cfg) -> None:
 @click.option("--milestones", default="", help="multistep: comma list of epochs, e.g. 150,180,210.")
 @click.option("--gamma", type=float, default=0.1, show_default=True, help="Decay factor of step/multistep.")
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear warm-up length.")
+@click.option("--init", type=click.Choice(["default", "kaiming", "xavier"]), default="default", show_default=True,
+              help="Weight initialisation (default: each architecture's own).")
+@click.option("--pretrained", default=None, help="Local weights for the student (torchvision state dict or fastkd "
+              "checkpoint); tensors that do not fit (another classifier, a low-res stem) keep their init.")
+@click.option("--no-bias-decay", is_flag=True, help="No weight decay on biases and norm parameters.")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Szegedy et al. 2016 (0.1 usual).")
+@click.option("--lr-scaling", is_flag=True, help="Linear scaling: lr x global batch / 256 (Goyal et al. 2017).")
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout before the classifier.")
+@click.option("--zero-gamma", is_flag=True, help="Zero-init the last BN gamma of each residual block.")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
+              help="Mixed precision (autocast; fp16 uses a gradient scaler on CUDA).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
+@click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's). <=64 selects "
               "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
 @click.option("--backend", default="torch", show_default=True, help="Data pipeline: ffcv, dali or torch.")

@@ -26,6 +26,17 @@ class TrainConfig:
     milestones: List[int] = field(default_factory=list)  # multistep
     gamma: float = 0.1
     warmup_epochs: float = 0.0
+    # tricks (Bag of Tricks, He et al. 2019, and the seed's list); defaults leave them off
+    init: str = "default"  # default | kaiming | xavier
+    pretrained: Optional[str] = None  # local weights for the student (torchvision layout or fastkd checkpoint)
+    no_bias_decay: bool = False
+    label_smoothing: float = 0.0
+    lr_scaling: bool = False  # lr = lr x (global batch) / 256
+    dropout: float = 0.0  # before the classifier
+    zero_gamma: bool = False
+    amp: str = "off"  # off | bf16 | fp16 (autocast)
+    channels_last: bool = False
+    compile: bool = False
     res: Optional[int] = None  # None: the dataset's default resolution
     backend: str = "torch"
     workers: int = 2

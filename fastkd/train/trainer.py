@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Dict, List
 
 import torch
@@ -22,7 +23,7 @@ from fastkd.methods import parse_methods
 from fastkd.models import count_parameters, create_model
 from fastkd.pipelines import Loader, open_converted
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, tricks
 from .config import TrainConfig
 from .evaluate import evaluate, topk_correct
 from .schedule import lr_at
@@ -55,7 +56,7 @@ class Trainer:
         low_res, n_cls = self.train_loader.low_res, self.data.num_classes
         self.methods = parse_methods(cfg.method, cfg.method_options)
         needs = set().union(*(m.needs for m in self.methods))
-        self.student = create_model(cfg.student, n_cls, low_res).to(self.device)
+        self.student = self._build_student(n_cls, low_res)
         self.teacher = None
         if needs:
             self.teacher = build_teacher(cfg.teacher, cfg.teacher_weights, n_cls, low_res).to(self.device)
@@ -68,14 +69,19 @@ class Trainer:
         self.t_signals = SignalModel(self.teacher, needs) if self.teacher is not None else None
         self._setup_methods()
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.methods[0].ce_weight
-        params = list(self.student.parameters()) + [p for m in self.methods for p in m.parameters()]
-        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                         weight_decay=cfg.weight_decay)
-        self.model = self.student
+        extra = [p for m in self.methods for p in m.parameters()]
+        self.optimizer = torch.optim.SGD(tricks.param_groups(self.student, extra, cfg.weight_decay, cfg.no_bias_decay),
+                                         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        global_batch = cfg.batch_size * self.dist.world
+        self.sched = replace(cfg, lr=cfg.lr * global_batch / 256) if cfg.lr_scaling else cfg
+        self.amp = tricks.amp_dtype(cfg.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 and self.device.type == "cuda" else None
+        self.model = torch.compile(self.student) if cfg.compile else self.student
+        self.s_signals.model = self.model
         if self.dist.world > 1:
             # FitNets stage 1 leaves the layers above the guided one without gradients
             unused = any(getattr(m, "stage1_epochs", 0) > 0 for m in self.methods)
-            self.model = DistributedDataParallel(self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                                  find_unused_parameters=unused)
             self.s_signals.model = self.model
         self.start_epoch, self.history = 0, []
@@ -84,6 +90,24 @@ class Trainer:
             self._resume()
         elif os.path.exists(self.ckpt_path):
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    def _build_student(self, n_cls: int, low_res: bool):
+        cfg = self.cfg
+        student = create_model(cfg.student, n_cls, low_res)
+        tricks.initialise(student, cfg.init)
+        if cfg.zero_gamma:
+            tricks.zero_gamma(student)
+        if cfg.pretrained:
+            left = tricks.load_pretrained(student, cfg.pretrained)
+            if left and self.dist.main:
+                _log(f"--pretrained: {len(left)} tensors kept their initialisation ({', '.join(left[:4])}"
+                     f"{', ...' if len(left) > 4 else ''})")
+        if cfg.dropout:
+            tricks.add_dropout(student, cfg.dropout)
+        student = student.to(self.device)
+        if cfg.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        return student
 
     def _setup_methods(self) -> None:
         """Adapters are shaped by one dry forward pass of both networks."""
@@ -129,13 +153,17 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def _step(self, batch, epoch_pos: float) -> Dict[str, torch.Tensor]:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.cfg, epoch_pos)
-        s = self.s_signals(batch.images)
+            group["lr"] = lr_at(self.sched, epoch_pos)
+        images = batch.images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else batch.images
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            s = self.s_signals(images)
+            t = None
+            if self.t_signals is not None:
+                with torch.no_grad():
+                    t = self.t_signals(images)
         exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
-        terms = {} if exclusive else {"ce": self.ce_weight * F.cross_entropy(s["logits"].float(), batch.labels)}
-        if self.t_signals is not None:
-            with torch.no_grad():
-                t = self.t_signals(batch.images)
+        terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(s["logits"], batch)}
+        if t is not None:
             for m in exclusive or self.methods:
                 terms.update(m(s, t, batch.labels, batch.index))
         loss = sum(terms.values())
@@ -143,10 +171,25 @@ class Trainer:
             raise UserError(f"the loss became {float(loss)} at epoch {int(epoch_pos)}; lower --lr "
                             f"(now {self.cfg.lr}) or check the data")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
         terms["loss"] = loss
         return {k: v.detach() for k, v in terms.items()} | {"logits": s["logits"].detach()}
+
+    def _hard_loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
+        """Cross-entropy on the labels, or on the batch's soft targets when images were mixed (mixup,
+        cutmix), with label smoothing (Szegedy et al. 2016) folded into either."""
+        targets = getattr(batch, "targets", None)
+        eps = self.cfg.label_smoothing
+        if targets is None:
+            return F.cross_entropy(logits.float(), batch.labels, label_smoothing=eps)
+        targets = targets * (1 - eps) + eps / targets.shape[1]
+        return -(targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
     def _train_epoch(self, epoch: int) -> dict:
         from tqdm import tqdm
@@ -173,7 +216,7 @@ class Trainer:
         row = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
         row.update(train_top1=100.0 * correct / max(seen, 1), train_seconds=seconds,
                    train_images_per_s=seen * self.dist.world / max(seconds, 1e-9),
-                   lr=lr_at(self.cfg, epoch + 1))
+                   lr=lr_at(self.sched, epoch + 1))
         return row
 
     def fit(self) -> dict:

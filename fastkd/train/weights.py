@@ -22,9 +22,13 @@ def _state_dict(obj: dict, path: str) -> dict:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
+def checkpoint_state_dict(path: str) -> dict:
+    """The model tensors of a fastkd checkpoint or a (torchvision-layout) state dict file."""
+    return _state_dict(checkpoint.load(path), path)
+
+
 def load_weights(model: nn.Module, path: str, what: str) -> None:
-    obj = checkpoint.load(path)
-    state = _state_dict(obj, path)
+    state = checkpoint_state_dict(path)
     result = model.load_state_dict(state, strict=False)
     bad = list(result.missing_keys) + list(result.unexpected_keys)
     if bad:

@@ -1,0 +1,118 @@
+"""The classic training tricks that act on the model and the optimiser (Bag of Tricks, He et al. 2019).
+
+Each is a small function the trainer applies when its option is set; data-side tricks (erasing,
+cutout, mixup, cutmix) live in the pipelines, schedule tricks in ``schedule.py``.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastkd.errors import UserError
+
+INITS = ("default", "kaiming", "xavier")
+
+
+def initialise(model: nn.Module, scheme: str) -> None:
+    """Re-initialise conv and linear weights: ``kaiming`` (He et al. 2015, normal, fan_out, ReLU) or
+    ``xavier`` (Glorot & Bengio 2010, uniform); biases to zero, norm layers to (1, 0).
+    ``default`` keeps each architecture's own initialisation (torchvision's)."""
+    if scheme == "default":
+        return
+    if scheme not in INITS:
+        raise UserError(f"unknown --init {scheme!r}; choose one of: {', '.join(INITS)}")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def residual_last_norms(model: nn.Module) -> List[nn.BatchNorm2d]:
+    """The last BatchNorm of every block whose output is added to an identity path."""
+    norms = []
+    for m in model.modules():
+        name = type(m).__name__
+        if name == "Bottleneck" and hasattr(m, "bn3"):
+            norms.append(m.bn3)
+        elif name == "BasicBlock" and hasattr(m, "bn2"):
+            norms.append(m.bn2)
+        elif name == "InvertedResidual" and getattr(m, "use_res_connect", False):
+            last = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][-1]
+            norms.append(last)
+    return norms
+
+
+def zero_gamma(model: nn.Module) -> int:
+    """Zero-init the last BN gamma of each residual block (Goyal et al. 2017): blocks start as identity.
+    Returns how many were zeroed; families without additive residual blocks (ShuffleNetV2 concatenates,
+    SqueezeNet has none) have nothing to zero, which is an error so an ablation row is not silently void."""
+    norms = residual_last_norms(model)
+    if not norms:
+        raise UserError(f"--zero-gamma: {getattr(model, 'fastkd_name', type(model).__name__)} has no additive "
+                        "residual blocks; drop the option for this model")
+    for bn in norms:
+        nn.init.zeros_(bn.weight)
+    return len(norms)
+
+
+def classifier(model: nn.Module) -> nn.Module:
+    """The module producing the logits: the last Linear, or SqueezeNet's final 1x1 conv."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return linears[-1]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1]
+
+
+def add_dropout(model: nn.Module, p: float) -> None:
+    """Dropout (Srivastava et al. 2014) on the classifier's input, as a forward pre-hook so the model's
+    structure and state dict stay torchvision's (it adds to any dropout the architecture already has)."""
+    if not 0 < p < 1:
+        raise UserError(f"--dropout {p} must be between 0 and 1")
+    head = classifier(model)
+
+    def hook(module, args):
+        return (F.dropout(args[0], p, module.training),) + tuple(args[1:])
+
+    head.register_forward_pre_hook(hook)
+
+
+def param_groups(model: nn.Module, extra: List[nn.Parameter], weight_decay: float, no_bias_decay: bool) -> List[Dict]:
+    """SGD parameter groups; with ``no_bias_decay`` biases and norm parameters (all 1-d tensors) get no
+    weight decay (He et al. 2019, "Bag of Tricks", section 3.1)."""
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra)
+    if not no_bias_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_pretrained(model: nn.Module, path: str) -> List[str]:
+    """Load every tensor of a local weights file whose name and shape fit (a torchvision state dict or a
+    fastkd checkpoint); the classifier of another dataset and a swapped low-resolution stem are left
+    as initialised. Returns the names left out; an error when nothing fits."""
+    from .weights import checkpoint_state_dict
+
+    state = checkpoint_state_dict(path)
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fitting:
+        raise UserError(f"--pretrained {path}: no tensor fits {getattr(model, 'fastkd_name', 'the model')}; "
+                        "give weights of the same architecture")
+    model.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)
+
+
+def amp_dtype(mode: str):
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
