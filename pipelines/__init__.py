@@ -10,6 +10,6 @@ from fastkd.registry import Registry
 BACKENDS: Registry = Registry("backend")
 register_backend = BACKENDS.register
 
-from . import dali_backend, ffcv_backend, torch_backend  # noqa: E402,F401  (register; no heavy imports)
+from . import dali_backend, ffcv_backend, memory_backend, torch_backend  # noqa: E402,F401  (register; no heavy imports)
 from .dataset import ConvertedData, open_converted  # noqa: E402,F401
 from .loader import Batch, Loader  # noqa: E402,F401

@@ -7,11 +7,14 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
+from fastkd.errors import UserError
+
 from . import BACKENDS
+from .augment import AugmentConfig, Augmenter
 from .backend import BackendConfig
 from .dataset import ConvertedData, open_converted
 from .order import epoch_order, num_batches
-from .views import ViewPolicy, apply_views
+from .views import ViewPolicy, apply_views, pad_crop_flip
 
 
 @dataclass
@@ -19,28 +22,38 @@ class Batch:
     images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device
     labels: torch.Tensor  # int64 (N,)
     index: torch.Tensor  # int64 (N,) dataset index of each sample in its split
-    view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) in base pixels, flip (N,)
+    view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) in base pixels, flip (N,), and the
+    # augmentation's entries (augment.py): mix_partner, mix_lam, mix_kind, mix_box; erase_box, erase_key; cutout_box
     epoch: int
+    targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
 
 
 class Loader:
     """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``; the backend is built once and reused.
 
     ``res`` is the side the model sees; the policy (pad-and-crop for res <= 64, RandomResizedCrop
-    above) and the base decode size follow from it (see ``views.py``).
+    above) and the base decode size follow from it (see ``views.py``); ``views=False`` trains on centre
+    views (no crop/flip: the "no data augmentation" baseline). ``augment`` (training only) adds
+    mixup/cutmix, random erasing and cutout after normalisation (see ``augment.py``); mixing pairs positions
+    2k and 2k+1 of the epoch order and needs an even ``batch_size``.
     """
 
     def __init__(self, data, split: str, backend: str = "torch", batch_size: int = 64, train: bool = True,
                  res: Optional[int] = None, seed: int = 0, workers: int = 2, device="cpu",
-                 rank: int = 0, world: int = 1, drop_last: Optional[bool] = None):
+                 rank: int = 0, world: int = 1, drop_last: Optional[bool] = None,
+                 augment: Optional[AugmentConfig] = None, views: bool = True):
         self.data: ConvertedData = data if isinstance(data, ConvertedData) else open_converted(data)
         self.split, self.train, self.seed = split, train, seed
         self.count = int(self.data.split(split)["count"])
         self.res = int(res or self.data.default_res)
-        self.policy = ViewPolicy.for_resolution(self.res, train)
+        self.policy = ViewPolicy.for_resolution(self.res, train and views)  # views=False: centre views
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.batch_size = batch_size
+        self.augment = augment if (train and augment is not None and augment.active) else None
+        if self.augment is not None and self.augment.mixing and batch_size % 2:
+            raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
+                            f"need an even batch size; got {batch_size}")
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
         cls = BACKENDS.get(backend)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
@@ -50,6 +63,8 @@ class Loader:
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.data.std, device=self.device).view(1, 3, 1, 1) * 255
         self._mean, self._std = mean, std
+        self._augmenter = (Augmenter(self.augment, seed, self.res, mean, std, self.data.num_classes)
+                           if self.augment is not None else None)
 
     @property
     def low_res(self) -> bool:
@@ -59,13 +74,23 @@ class Loader:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
+        start = 0  # position of the batch in the epoch order
         for images, labels, index in self.backend.iter_epoch(epoch):
-            view = self.policy.sample(self.seed, epoch, index.cpu().numpy())
+            idx = index.cpu().numpy()
+            view = self.policy.sample(self.seed, epoch, idx)
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
-            x = images.permute(0, 3, 1, 2).float()
-            if self.train or self.policy.kind == "rrc":
-                x = apply_views(x, box, flip, self.policy.out, self.policy.padding)
+            if self.policy.train and self.policy.kind == "pad_crop":
+                x = pad_crop_flip(images, box, flip)  # exact integer gather, no interpolation
+            else:
+                x = images.permute(0, 3, 1, 2).float()
+                if self.policy.kind == "rrc":
+                    x = apply_views(x, box, flip, self.policy.out, self.policy.padding)
             x = (x - self._mean) / self._std
-            yield Batch(x.contiguous(), labels.clone(), index.clone(),
-                        {"box": box.to(self.device), "flip": flip.to(self.device)}, epoch)
+            views = {"box": box.to(self.device), "flip": flip.to(self.device)}
+            targets = None
+            if self._augmenter is not None:
+                x, targets, extra = self._augmenter(x, labels, idx, start, epoch)
+                views.update(extra)
+            start += len(idx)
+            yield Batch(x.contiguous(), labels.clone(), index.clone(), views, epoch, targets)

@@ -31,13 +31,18 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
-def uniforms(seed: int, epoch: int, index: np.ndarray, count: int) -> np.ndarray:
-    """``(len(index), count)`` float64 uniforms in [0, 1), a pure function of (seed, epoch, index)."""
+def uniforms(seed: int, epoch: int, index: np.ndarray, count: int, offset: int = 0) -> np.ndarray:
+    """``(len(index), count)`` float64 uniforms in [0, 1), a pure function of (seed, epoch, index).
+
+    Column ``j`` is stream ``offset + j`` of the sample; a stream's values depend on neither ``count`` nor
+    ``offset``, so disjoint stream ranges are independent draws. The crop/flip view uses streams 0..40,
+    ``augment.py`` streams 100 and above.
+    """
     index = np.asarray(index, dtype=np.uint64).reshape(-1, 1)
     with np.errstate(over="ignore"):
         key = _mix(np.array([seed], dtype=np.uint64) * _GOLDEN + _mix(np.array([epoch], dtype=np.uint64) + _GOLDEN))
         h = _mix(key ^ _mix(index + _GOLDEN))
-        streams = _mix(h + np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN)
+        streams = _mix(h + np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * _GOLDEN)
     return (streams >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -116,3 +121,25 @@ def apply_views(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, out
     theta[:, 1, 1], theta[:, 1, 2] = sy, ty
     grid = F.affine_grid(theta, [n, images.shape[1], out, out], align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def pad_crop_flip(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Exact pad-and-crop + flip of uint8 (N, S, S, C) images by integer offsets ``box[:, :2]``.
+
+    The same views as :func:`apply_views` for ``pad_crop`` boxes (zero fill outside the image), done with
+    one gather over a zero-padded copy: no interpolation, so pixels are copied exactly and the cost is
+    one pass over the batch (several times faster than ``grid_sample`` on a CPU). Returns float
+    (N, C, S, S).
+    """
+    n, s = images.shape[0], images.shape[1]
+    dev = images.device
+    off = box[:, :2].to(dev).round().long()
+    pad = int(off.abs().max().item()) if n else 0
+    padded = images.new_zeros(n, s + 2 * pad, s + 2 * pad, images.shape[3])
+    padded[:, pad : pad + s, pad : pad + s] = images
+    ar = torch.arange(s, device=dev)
+    rows = (off[:, 1:2] + pad) + ar
+    cols = (off[:, 0:1] + pad) + ar
+    cols = torch.where(flip.to(dev)[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(n, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).float()

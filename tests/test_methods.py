@@ -54,13 +54,18 @@ def test_kd_method_weights_and_defaults():
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_gives_finite_terms_from_its_signals(name):
     (method,) = parse_methods(name)
-    assert method.needs <= {"logits", "embedding", "stage1", "stage2", "stage3", "stage4"}
-    shapes = {"logits": (6,), "embedding": (16,), "stage1": (8, 16, 16), "stage2": (16, 8, 8),
-              "stage3": (32, 4, 4), "stage4": (64, 2, 2)}
+    stages = {"stage1": (8, 16, 16), "stage2": (16, 8, 8), "stage3": (32, 4, 4), "stage4": (64, 2, 2)}
+    shapes = {"logits": (6,), "embedding": (16,), **stages,
+              **{f"pre{k[5:]}": v for k, v in stages.items()}}  # pre-activation taps (overhaul)
+    assert method.needs <= set(shapes) | {f"pre{k}_stats" for k in range(1, 5)}
     s = {k: torch.randn(4, *shape, requires_grad=True) for k, shape in shapes.items()}
     t = {k: torch.randn(4, *shape) for k, shape in shapes.items()}
+    for k in range(1, 5):  # their 2 x C statistics (mean; std)
+        s[f"pre{k}_stats"] = t[f"pre{k}_stats"] = torch.rand(2, shapes[f"pre{k}"][0])
+    method.dataset_size = 10  # memory-bank methods (crd) are sized by the train split
     method.setup(s, t)
-    terms = method(s, t, torch.tensor([0, 1, 2, 3]))
+    index = torch.tensor([0, 1, 2, 3])
+    terms = method(s, t, index, index)
     for value in terms.values():
         assert torch.isfinite(value)
 

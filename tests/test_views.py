@@ -218,3 +218,20 @@ def test_rrc_upscaled_crops_at_the_border_are_not_darkened():
     torch.testing.assert_close(got, torch.ones_like(got), rtol=0, atol=1e-5)
     dark = apply_views(images, box, torch.tensor([False, False]), out, padding="zeros")
     assert dark.min() < 0.9  # the defect this guards against: zero padding blends black into the edge
+
+
+@pytest.mark.parametrize("res", [32, 48])
+def test_integer_pad_crop_equals_the_grid_sample_path(res):
+    from fastkd.pipelines.views import pad_crop_flip
+
+    policy = ViewPolicy.for_resolution(res, True)
+    index = np.arange(64)
+    view = policy.sample(7, 3, index)
+    images = torch.randint(0, 256, (64, res, res, 3), dtype=torch.uint8)
+    box, flip = torch.from_numpy(view["box"]).float(), torch.from_numpy(view["flip"])
+    fast = pad_crop_flip(images, box, flip)
+    slow = apply_views(images.permute(0, 3, 1, 2).float(), box, flip, res, policy.padding)
+    assert fast.dtype == torch.float32 and fast.shape == (64, 3, res, res)
+    assert torch.equal(fast, fast.round())  # copied pixels, no interpolation
+    assert (fast - slow).abs().max().item() < 0.01  # grid_sample agrees up to float rounding
+    assert flip.any() and (~flip).any() and (box[:, 0] != 0).any()

@@ -79,9 +79,20 @@ def _check_method_options(cfg) -> None:
               help="Mixed precision (autocast; fp16 uses a gradient scaler on CUDA).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
+@click.option("--no-augment", "augment", flag_value=False, default=True,
+              help="Train on centre views (no crop/flip).")
+@click.option("--erasing", type=float, default=0.0, show_default=True,
+              help="Random erasing probability (Zhong et al. 2020: 0.5; area 0.02-0.4, aspect 0.3-3.3).")
+@click.option("--cutout", type=float, default=0.0, show_default=True,
+              help="Cutout square side as a fraction of the image side (DeVries & Taylor 2017: 0.5, 16 px at 32).")
+@click.option("--mixup", type=float, default=0.0, show_default=True,
+              help="Mixup Beta alpha (Zhang et al. 2018: 1.0 CIFAR, 0.2 ImageNet); needs an even batch size.")
+@click.option("--cutmix", type=float, default=0.0, show_default=True,
+              help="CutMix Beta alpha (Yun et al. 2019: 1.0); with --mixup, each pair picks one at random.")
 @click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's). <=64 selects "
               "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
-@click.option("--backend", default="torch", show_default=True, help="Data pipeline: ffcv, dali or torch.")
+@click.option("--backend", default="torch", show_default=True,
+              help="Data pipeline: ffcv, dali, torch, or memory (a whole small split as one tensor on the device).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--eval-split", default=None, help="Split for top-1/top-5 (default: test, else val).")

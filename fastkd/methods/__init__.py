@@ -14,7 +14,7 @@ METHODS: Registry = Registry("method")
 register_method = METHODS.register
 
 from .base import Method  # noqa: E402
-from . import ce, kd, l2, fitnets, pkt, rkd, at, dkd  # noqa: E402,F401  (register)
+from . import ce, kd, l2, fitnets, pkt, rkd, at, dkd, overhaul, crd  # noqa: E402,F401  (register)
 
 
 def parse_methods(spec: str, options: Dict[str, Dict[str, object]] | None = None) -> List[Method]:

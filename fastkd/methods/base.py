@@ -1,7 +1,7 @@
 """The method interface: declared signals, default weights, adapters, and the loss terms."""
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Optional
+from typing import Collection, Dict, FrozenSet, Optional
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ class Method(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at the start of every (0-based) epoch, a resumed one included, for
         epoch-dependent schedules (DKD's warm-up, FitNets' stages). Default: nothing."""
+
+    def select_taps(self, student_taps: Collection[str], teacher_taps: Collection[str]) -> None:
+        """Called by the trainer, before any signal is computed, with the tap names of the student and
+        the teacher, for methods whose default taps depend on the pair (overhaul's ``stages=auto``:
+        every stage both have); such a method updates :attr:`needs`. Default: nothing."""
 
     def setup(self, student_signals: Dict[str, torch.Tensor], teacher_signals: Dict[str, torch.Tensor]) -> None:
         """Build adapters from one dry forward pass (shapes only). Default: nothing to build."""

@@ -12,6 +12,11 @@ Taps (last block of each resolution stage; strides high-res / low-res):
 ``stage3`` = ``features.13`` (16 / 4, 96 ch), ``stage4`` = ``features.18`` (32 / 8, the final
 1x1 conv, 1280 ch), ``embedding`` = ``features`` (N x 1280 x H x W; torchvision's forward
 global-average-pools it into the vector fed to ``classifier``; :class:`FeatureTaps` does the same).
+
+Pre-activation taps (:mod:`.preact`): ``pre1..pre3`` = the outputs of ``features.3/6/13`` themselves
+(inverted residuals end linearly: projection conv + BN, plus the identity; no activation follows),
+BatchNorm = the projection BN ``conv.3`` (the identity is ignored, as for ResNets); ``pre4`` = the
+input of the final ReLU6 (``features.18.2``), BatchNorm ``features.18.1``; ``stage4 = relu6(pre4)``.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .common import attach_taps, register_model, replace_conv
+from .preact import PreActTap, attach_preact_taps
 
 MOBILENET_V2_TAPS = {
     "stage1": "features.3",
@@ -26,6 +32,11 @@ MOBILENET_V2_TAPS = {
     "stage3": "features.13",
     "stage4": "features.18",
     "embedding": "features",
+}
+MOBILENET_V2_PREACT_TAPS = {
+    **{f"pre{k}": PreActTap((f"features.{i}",), "output", bn=f"features.{i}.conv.3", activation="identity")
+       for k, i in ((1, 3), (2, 6), (3, 13))},
+    "pre4": PreActTap(("features.18.2",), "input", bn="features.18.1", activation="relu6"),
 }
 
 
@@ -38,4 +49,4 @@ def mobilenet_v2(num_classes: int, low_res: bool) -> nn.Module:
         block = model.features[2]  # first stride-2 InvertedResidual (16 -> 24 ch, no residual)
         block.conv[1][0] = replace_conv(block.conv[1][0], stride=1)
         block.stride = 1
-    return attach_taps(model, MOBILENET_V2_TAPS)
+    return attach_preact_taps(attach_taps(model, MOBILENET_V2_TAPS), MOBILENET_V2_PREACT_TAPS)

@@ -6,6 +6,11 @@
 
 Taps: ``stage1..stage4`` = ``layer1..layer4`` (strides 4/8/16/32 high-res, 1/2/4/8 low-res),
 ``embedding`` = ``avgpool`` (N x C x 1 x 1, flattened it is the vector fed to ``fc``).
+
+Pre-activation taps (:mod:`.preact`) ``pre1..pre4``: the residual sum ``out + identity`` of the last
+block of ``layer1..layer4``, read as the input of the last call of that block's ``relu`` (called 2x in
+a BasicBlock, 3x in a Bottleneck); ``stage{k} = relu(pre{k})``. BatchNorm: the block's last one (``bn2``
+/ ``bn3``), which ignores the identity branch - the choice of Heo et al.'s reference code.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .common import attach_taps, kaiming_fan_out, register_model, replace_conv
+from .preact import attach_preact_taps, resnet_preact_taps
 
 RESNET_TAPS = {
     "stage1": "layer1",
@@ -30,7 +36,7 @@ def _resnet(factory, num_classes: int, low_res: bool) -> nn.Module:
             model.conv1, kernel_size=3, stride=1, padding=1, bias=False, init=kaiming_fan_out
         )
         model.maxpool = nn.Identity()
-    return attach_taps(model, RESNET_TAPS)
+    return attach_preact_taps(attach_taps(model, RESNET_TAPS), resnet_preact_taps(model, 4))
 
 
 @register_model("ResNet18")

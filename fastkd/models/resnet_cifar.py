@@ -18,7 +18,9 @@ PyTorch's default Linear init.
 
 Module names mirror torchvision's ResNet (``conv1``, ``bn1``, ``relu``, ``maxpool``,
 ``layer1..layer3``, ``avgpool``, ``fc``). Taps: ``stage1..stage3`` = ``layer1..layer3``,
-``embedding`` = ``avgpool``.
+``embedding`` = ``avgpool``. Pre-activation taps ``pre1..pre3`` (:mod:`.preact`): the input of the
+last ``relu`` call of each stage's last block (the sum ``bn2(...) + shortcut``), BatchNorm ``bn2``
+(as for torchvision ResNets, :mod:`.resnet`).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import attach_taps, register_model
+from .preact import attach_preact_taps, resnet_preact_taps
 
 
 class ShortcutA(nn.Module):
@@ -112,4 +115,5 @@ CIFAR_RESNET_TAPS = {
 
 @register_model("resnet32")
 def resnet32(num_classes: int, low_res: bool) -> nn.Module:
-    return attach_taps(CifarResNet(32, num_classes, low_res), CIFAR_RESNET_TAPS)
+    model = attach_taps(CifarResNet(32, num_classes, low_res), CIFAR_RESNET_TAPS)
+    return attach_preact_taps(model, resnet_preact_taps(model, 3))

@@ -12,6 +12,11 @@ the same resolution as stage1):
 1.1: ``stage1`` = ``features.4``, ``stage2`` = ``features.7``, ``stage3`` = ``features.12``.
 ``embedding`` = ``features`` (N x 512 x H x W, the map fed to the conv classifier; no pooled
 vector exists inside SqueezeNet, so :class:`FeatureTaps` global-average-pools it to N x 512).
+
+Pre-activation taps ``pre1..pre3`` (:mod:`.preact`): a Fire module ends with a ReLU on each expand
+conv and concatenates them, so ``preK`` = the inputs of ``expand1x1_activation`` and
+``expand3x3_activation`` of the stage's Fire, concatenated (``stageK = relu(preK)``). SqueezeNet has
+no BatchNorm: ``preK_stats`` are the batch's per-channel moments.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from .common import attach_taps, register_model, replace_conv
+from .preact import PreActTap, attach_preact_taps
 
 
 def _kaiming_uniform(conv: nn.Conv2d) -> None:
@@ -35,7 +41,11 @@ def _squeezenet(factory, taps, num_classes: int, low_res: bool) -> nn.Module:
             model.features[0], kernel_size=3, stride=1, padding=1, init=_kaiming_uniform
         )
         model.features[2] = nn.Identity()
-    return attach_taps(model, taps)
+    preact = {
+        f"pre{k}": PreActTap((f"{taps[f'stage{k}']}.expand1x1_activation", f"{taps[f'stage{k}']}.expand3x3_activation"))
+        for k in (1, 2, 3)
+    }
+    return attach_preact_taps(attach_taps(model, taps), preact)
 
 
 @register_model("squeezenet1_0")

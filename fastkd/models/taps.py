@@ -5,6 +5,8 @@ Every model from :func:`fastkd.models.create_model` carries ``model.fastkd_taps`
 ``stage1``..``stage4`` (outputs of successive resolution stages; fewer for small families)
 and ``embedding`` (the module whose output, pooled/flattened, is the penultimate feature
 vector fed to the classifier). ``logits`` is the model output itself, not a tap.
+Pre-activation taps ``pre1``.. / ``pre1_stats``.. (the input of each stage's final ReLU and its
+Gaussian statistics, :mod:`.preact`) are captured the same way by name.
 
 >>> with FeatureTaps(model, ["stage3", "embedding"]) as taps:
 ...     logits = model(x)
@@ -19,6 +21,7 @@ from torch import nn
 
 from ..errors import UserError
 from .common import NAME_ATTR, TAPS_ATTR
+from .preact import preact_tap_names, register_preact_hooks
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -37,7 +40,8 @@ def model_name(model: nn.Module) -> str:
 
 
 def model_taps(model: nn.Module) -> Dict[str, str]:
-    """A copy of ``model.fastkd_taps`` (``{tap name: submodule name}``)."""
+    """A copy of ``model.fastkd_taps`` (``{tap name: submodule name}``), followed by the model's
+    pre-activation taps ``preK`` / ``preK_stats`` (value: the submodule they are read in)."""
     inner = unwrap(model)
     taps = getattr(inner, TAPS_ATTR, None)
     if taps is None:
@@ -45,7 +49,10 @@ def model_taps(model: nn.Module) -> Dict[str, str]:
             f"model {model_name(model)} has no feature taps; build it with"
             " fastkd.models.create_model (see `fastkd list models`)"
         )
-    return dict(taps)
+    out = dict(taps)
+    for name, target in preact_tap_names(inner).items():
+        out.setdefault(name, target)
+    return out
 
 
 def pool_embedding(t: torch.Tensor) -> torch.Tensor:
@@ -62,8 +69,9 @@ class FeatureTaps:
     ``embedding`` tap is returned as an N x D vector: it is global-average-pooled when the
     module yields a map (ShuffleNetV2 ``conv5``, MobileNetV2 / SqueezeNet ``features``) and
     flattened when it yields N x C x 1 x 1 (ResNet ``avgpool``). Other taps are the module
-    outputs as they are, still attached to the autograd graph. Call :meth:`close` (or use it as
-    a context manager) to remove the hooks.
+    outputs as they are, still attached to the autograd graph. Pre-activation taps (``preK``,
+    ``preK_stats``; :mod:`.preact`) have hooks only when named: ``names=None`` captures them too.
+    Call :meth:`close` (or use it as a context manager) to remove the hooks.
     """
 
     def __init__(
@@ -89,13 +97,18 @@ class FeatureTaps:
                 )
         self.pool_embedding = pool_embedding
         self.outputs: Dict[str, torch.Tensor] = {}
+        preact = preact_tap_names(inner)
         by_module: Dict[str, List[str]] = {}
         for name in self.names:
-            by_module.setdefault(available[name], []).append(name)
+            if name not in preact:
+                by_module.setdefault(available[name], []).append(name)
         self._handles = [inner.register_forward_pre_hook(self._reset)]
         for target, tap_names in by_module.items():
             module = inner.get_submodule(target)
             self._handles.append(module.register_forward_hook(self._hook(tap_names)))
+        wanted_preact = [name for name in self.names if name in preact]
+        if wanted_preact:  # read by their own hooks, filled in at the end of the forward
+            self._handles += register_preact_hooks(inner, wanted_preact, lambda: self.outputs)
 
     def _reset(self, module, args) -> None:
         self.outputs = {}

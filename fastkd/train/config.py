@@ -37,6 +37,12 @@ class TrainConfig:
     amp: str = "off"  # off | bf16 | fp16 (autocast)
     channels_last: bool = False
     compile: bool = False
+    # data-side tricks, applied on the device to whole batches (pipelines/augment)
+    augment: bool = True  # crop + flip views; False: centre views only
+    erasing: float = 0.0  # random erasing probability (Zhong et al.: 0.5)
+    cutout: float = 0.0  # cutout square side as a fraction of the image side (DeVries & Taylor: 16/32 = 0.5)
+    mixup: float = 0.0  # mixup Beta alpha (0: off)
+    cutmix: float = 0.0  # cutmix Beta alpha (0: off)
     res: Optional[int] = None  # None: the dataset's default resolution
     backend: str = "torch"
     workers: int = 2

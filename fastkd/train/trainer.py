@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from fastkd import __version__
 from fastkd.errors import UserError
 from fastkd.methods import parse_methods
-from fastkd.models import count_parameters, create_model
+from fastkd.models import count_parameters, create_model, model_taps
 from fastkd.pipelines import Loader, open_converted
 
 from . import checkpoint, distributed, tricks
@@ -47,7 +47,8 @@ class Trainer:
         self.data = open_converted(cfg.data)
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
                       workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
-        self.train_loader = Loader(self.data, cfg.train_split, train=True, **common)
+        self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.augment,
+                                   augment=self._augment_config(), **common)
         self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
         self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
         if len(self.train_loader) == 0:
@@ -64,6 +65,9 @@ class Trainer:
             raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                             "a distillation method such as --method kd")
         if self.teacher is not None:
+            for m in self.methods:  # taps that depend on the pair (overhaul: the stages both models have)
+                m.select_taps(model_taps(self.student), model_taps(self.teacher))
+            needs = set().union(*(m.needs for m in self.methods))
             check_pair(self.methods, self.student, self.teacher)
         self.s_signals = SignalModel(self.student, needs)
         self.t_signals = SignalModel(self.teacher, needs) if self.teacher is not None else None
@@ -90,6 +94,13 @@ class Trainer:
             self._resume()
         elif os.path.exists(self.ckpt_path):
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    def _augment_config(self):
+        """Batch augmentations from the options, with the papers' shapes (erasing area 0.02-0.4, aspect 0.3-3.3)."""
+        from fastkd.pipelines.augment import AugmentConfig
+
+        cfg = self.cfg
+        return AugmentConfig(erasing_p=cfg.erasing, cutout=cfg.cutout, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
 
     def _build_student(self, n_cls: int, low_res: bool):
         cfg = self.cfg
@@ -171,15 +182,28 @@ class Trainer:
             raise UserError(f"the loss became {float(loss)} at epoch {int(epoch_pos)}; lower --lr "
                             f"(now {self.cfg.lr}) or check the data")
         self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self._average_method_grads()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
         terms["loss"] = loss
         return {k: v.detach() for k, v in terms.items()} | {"logits": s["logits"].detach()}
+
+    def _average_method_grads(self) -> None:
+        """Adapters (regressors, connectors, heads) live outside DDP: average their gradients across ranks
+        so every rank keeps the same adapters."""
+        if self.dist.world == 1:
+            return
+        import torch.distributed as dist
+
+        for m in self.methods:
+            for p in m.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.dist.world
 
     def _hard_loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
         """Cross-entropy on the labels, or on the batch's soft targets when images were mixed (mixup,

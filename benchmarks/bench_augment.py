@@ -1,0 +1,276 @@
+"""Augmentation throughput on small images: fastkd's memory backend + vectorised views vs per-sample torchvision.
+
+    python benchmarks/bench_augment.py                       # synthetic 32x32 set of 5,000 images (temp dir)
+    python benchmarks/bench_augment.py --data /data/cifar10 --res 32 --epochs 5 --device cuda
+
+Rows (all at the same batch size and workers, on the same machine, in one run; epochs run round-robin,
+epoch e of every loader then e + 1, as ``fastkd bench loader`` does, and every batch is consumed):
+
+- ``memory``: fastkd ``Loader(backend="memory")``: the split decoded once into one uint8 tensor on the
+  device, batches cut with ``index_select``, views applied to the whole batch (pad-and-crop + flip at
+  res <= 64), normalised. Its one-time decode is ``build_s``, not part of images/s.
+- ``torch``: fastkd ``Loader(backend="torch")``: PIL decode in DataLoader workers, same device-side views.
+- ``memory_no_views``: not a loader, a diagnostic: the memory backend's own batches (``index_select`` of the
+  uint8 tensor, converted to float when summed) without the Loader's views and normalisation, i.e. the
+  ceiling the views leave; it shares the ``memory`` row's decoded tensor.
+- ``dataloader``: torchvision ``ImageFolder`` over the same stored images (extracted to a temp folder) +
+  ``DataLoader`` with per-sample transforms in the workers: RandomCrop(res, padding=res // 8),
+  RandomHorizontalFlip, ToTensor, Normalize (Resize + CenterCrop first only when the stored images are not
+  already res x res squares; RandomResizedCrop above res 64, like ``fastkd bench loader``).
+
+``--augment`` (only where the Loader has an ``augment`` parameter) adds fastkd's batch augmentation:
+``erasing``, ``cutout``, ``mixup``, ``cutmix`` (comma-separated: ``AugmentConfig.paper(...)``, the papers'
+settings) or a JSON object of ``AugmentConfig`` fields. With erasing on, the baseline adds
+``RandomErasing(p, scale, ratio, value="random")`` after Normalize with the same p, scale and ratio; the
+baseline has no cutout / mixup / cutmix (recorded in the JSON).
+
+Without ``--data`` a CIFAR-sized synthetic set is built: ``--images`` random smooth 32x32 RGB images in
+10 classes (PNG), converted with ``ConvertOptions(storage="raw", formats=("dali",))``.
+Output: a table on stdout and JSON (machine, settings, rows, ``memory_vs_dataloader``), written atomically
+to ``--out`` (default benchmarks/results/augment.json). The issue's goal is memory/DataLoader >= 20x.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from functools import partial
+
+import numpy as np
+import torch
+
+from fastkd.errors import UserError
+
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "augment.json")
+BASELINE = "dataloader"
+NAMES = {BASELINE: "torchvision DataLoader", "memory": "fastkd memory", "torch": "fastkd torch",
+         "memory_no_views": "fastkd memory, no views"}
+GOAL = 20.0
+
+
+def make_synthetic(root: str, images: int, side: int = 32, classes: int = 10, seed: int = 0) -> None:
+    """``root/<class>/<i>.png``: smooth random images (4x4 noise, bilinear upsampling, light grain)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        os.makedirs(os.path.join(root, f"class{c:02d}"), exist_ok=True)
+    for i in range(images):
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        x = np.asarray(coarse.resize((side, side), Image.BILINEAR), dtype=np.int16)
+        x = np.clip(x + rng.integers(-8, 9, x.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(x).save(os.path.join(root, f"class{i % classes:02d}", f"{i:06d}.png"), compress_level=1)
+
+
+def loader_augment(text: str, low_res: bool = True):
+    """``--augment`` text -> the Loader's ``AugmentConfig``."""
+    from fastkd.pipelines.augment import AugmentConfig
+
+    if text.lstrip().startswith("{"):
+        try:
+            return AugmentConfig(**json.loads(text))
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"--augment {text!r}: {exc}")
+    ops = [op.strip() for op in text.split(",") if op.strip()]
+    known = ("erasing", "cutout", "mixup", "cutmix")
+    if not ops or any(op not in known for op in ops):
+        raise UserError(f"--augment {text!r}: give some of {', '.join(known)} (comma-separated) or a JSON object")
+    return AugmentConfig.paper(low_res=low_res, **{op: True for op in ops})
+
+
+def baseline_transform(policy, mean, std, square: bool, erasing=None):
+    """Per-sample torchvision transforms; ``erasing``: None or the fastkd ``AugmentConfig`` to mirror."""
+    from torchvision import transforms as T
+
+    from fastkd.bench.loader import baseline_transform as loader_bench_transform
+
+    if policy.kind == "pad_crop" and square:  # the stored images are already the base size
+        steps = [T.RandomCrop(policy.out, padding=max(1, policy.base // 8)), T.RandomHorizontalFlip(),
+                 T.ToTensor(), T.Normalize(mean, std)]
+    else:
+        steps = list(loader_bench_transform(policy, mean, std).transforms)
+    if erasing is not None:
+        steps.append(T.RandomErasing(p=erasing.erasing_p, scale=tuple(erasing.erasing_scale),
+                                     ratio=tuple(erasing.erasing_ratio), value="random"))
+    return T.Compose(steps)
+
+
+def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, workers: int = 2, res: int = 32,
+                      epochs: int = 3, warmup_epochs: int = 1, device="cpu", augment=None, seed: int = 0,
+                      out_json=None, progress: bool = True, synthetic=None, command=None) -> dict:
+    import torchvision
+
+    from fastkd.bench.loader import _consume, _extract_imagefolder, _measure, machine_info
+    from fastkd.converters.manifest import write_json_atomic
+    from fastkd.pipelines import Loader, open_converted
+    from fastkd.pipelines.views import ViewPolicy
+
+    if epochs < 1 or warmup_epochs < 0:
+        raise UserError("--epochs must be at least 1 and --warmup-epochs at least 0")
+    conv, dev = open_converted(data), torch.device(device)
+    policy = ViewPolicy.for_resolution(res, train=True)
+    conv.split(split)  # a UserError naming the splits if it is missing
+    table = np.load(conv.path(f"dali/{split}/samples.npy"))
+    square = bool((table["height"] == policy.base).all() and (table["width"] == policy.base).all())
+    loader_kwargs, erasing, augment_info = {}, None, None
+    if augment is not None:
+        if "augment" not in inspect.signature(Loader).parameters:
+            raise UserError("--augment: this fastkd Loader has no augment parameter; leave --augment out")
+        cfg = loader_augment(augment, low_res=policy.kind == "pad_crop")
+        loader_kwargs["augment"] = cfg
+        erasing = cfg if getattr(cfg, "erasing_p", 0) > 0 else None
+        fastkd_only = [op for op, on in (("cutout", getattr(cfg, "cutout", 0) > 0),
+                                         ("mixup", getattr(cfg, "mixup_alpha", 0) > 0),
+                                         ("cutmix", getattr(cfg, "cutmix_alpha", 0) > 0)) if on]
+        augment_info = {"arg": augment, "config": repr(cfg), "baseline_lacks": fastkd_only}
+
+    with tempfile.TemporaryDirectory(prefix="fastkd-bench-augment-") as tmp:
+        _extract_imagefolder(conv, split, tmp)
+
+        def build_baseline():
+            ds = torchvision.datasets.ImageFolder(tmp, transform=baseline_transform(policy, conv.mean, conv.std,
+                                                                                    square, erasing))
+            dl = torch.utils.data.DataLoader(
+                ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
+                generator=torch.Generator().manual_seed(seed))
+            return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
+
+        built = {}
+
+        def build_fastkd(backend):
+            built[backend] = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
+                                    seed=seed, workers=workers, device=dev, **loader_kwargs)
+            return built[backend], lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
+
+        def build_no_views():
+            if "memory" not in built:
+                raise RuntimeError("the memory row failed to build")
+            return built["memory"].backend, lambda bk, e: _consume((x for x, _, _ in bk.iter_epoch(e)), dev)
+
+        if progress:
+            print(f"bench augment: {conv.split(split)['count']} images, res {res}, batch {batch_size}, "
+                  f"workers {workers}, device {dev}", file=sys.stderr)
+        rows = _measure({BASELINE: build_baseline, "memory": partial(build_fastkd, "memory"),
+                         "torch": partial(build_fastkd, "torch"), "memory_no_views": build_no_views},
+                        warmup_epochs, epochs, progress)
+        built.clear()
+    base = rows[BASELINE].get("images_per_s")
+    for name, row in rows.items():
+        row["loader"] = NAMES[name]
+        ips = row.get("images_per_s")
+        row["ratio"] = ips / base if ips and base else None
+    ratio = rows["memory"].get("ratio")
+    machine = machine_info(dev)
+    machine["gpu_available"] = torch.cuda.is_available()
+    notes = []
+    if dev.type != "cuda":
+        notes.append(("no GPU used: every loader ran on the CPU" +
+                      (" (this machine has none)" if not torch.cuda.is_available() else "") +
+                      "; on a GPU the memory backend's index_select and vectorised views run on the device while "
+                      "the DataLoader's per-sample work stays on the CPU workers, so its advantage is larger"))
+        notes.append(f"on the CPU the fastkd rows' views (affine_grid + grid_sample) and normalisation run in the main "
+                     f"process with {torch.get_num_threads()} intra-op thread(s) (--torch-threads), the DataLoader's "
+                     f"transforms in its {workers} worker processes")
+    result = {
+        "machine": machine,
+        "settings": {"command": command, "data": os.path.abspath(data), "dataset": conv.manifest.get("dataset"),
+                     "synthetic": synthetic, "split": split, "images": int(conv.split(split)["count"]),
+                     "stored_square": square,
+                     "res": res, "policy": policy.kind, "base": policy.base, "padding": max(1, policy.base // 8),
+                     "batch_size": batch_size, "workers": workers, "epochs": epochs, "warmup_epochs": warmup_epochs,
+                     "order": "round-robin", "augment": augment_info, "baseline_random_erasing": erasing is not None,
+                     "baseline_transforms": repr(baseline_transform(policy, conv.mean, conv.std, square, erasing))},
+        "rows": rows,
+        "memory_vs_dataloader": ratio,
+        "goal": {"memory_vs_dataloader": GOAL, "met": bool(ratio is not None and ratio >= GOAL)},
+        "notes": notes,
+    }
+    print(format_result(result))
+    if out_json:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        write_json_atomic(out_json, result)
+    return result
+
+
+def format_result(result: dict) -> str:
+    from fastkd.report import format_table
+
+    s, m = result["settings"], result["machine"]
+    head = (f"{s['dataset']}/{s['split']} ({s['images']} images{', synthetic' if s['synthetic'] else ''}) "
+            f"res {s['res']} ({s['policy']}), batch {s['batch_size']}, workers {s['workers']}, "
+            f"{s['epochs']} timed epochs, device {m['device_name']}, {m['cpu_count']} CPUs, "
+            f"torch threads {m['torch_threads']}")
+    rows = []
+    for row in result["rows"].values():
+        if row["status"] != "ok":
+            rows.append([row["loader"], row["status"], None, None, None, None])
+            continue
+        rows.append([row["loader"], round(row["images_per_s"], 1), f"{row['ratio']:.2f}x",
+                     round(row["build_s"], 2), round(row["first_epoch_s"], 2), round(row["median_images_per_s"], 1)])
+    text = format_table(["loader", "images/s", "vs DataLoader", "build s", "first epoch s", "median epoch img/s"], rows)
+    ratio = result["memory_vs_dataloader"]
+    tail = (f"memory / DataLoader: {ratio:.1f}x (goal >= {result['goal']['memory_vs_dataloader']:.0f}x: "
+            f"{'met' if result['goal']['met'] else 'not met'})" if ratio else "memory / DataLoader: -")
+    return "\n".join([head, text, tail] + [f"note: {n}" for n in result["notes"]])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", help="a converted folder (default: a synthetic 32x32 set in a temp folder)")
+    p.add_argument("--images", type=int, default=5000, help="size of the synthetic set (without --data)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--res", type=int, default=None, help="default: 32 for the synthetic set, else the dataset's")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--augment", help="erasing,cutout,mixup,cutmix (papers' settings) or a JSON AugmentConfig")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results path")
+    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (main process)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    args = p.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fastkd-synthetic-") as tmp:
+            data, synthetic, res = args.data, None, args.res
+            if data is None:
+                from fastkd.converters.convert import ConvertOptions, convert
+
+                t0 = time.perf_counter()
+                make_synthetic(os.path.join(tmp, "images"), args.images)
+                data = os.path.join(tmp, "data")
+                convert("imagefolder", os.path.join(tmp, "images"), data,
+                        ConvertOptions(storage="raw", formats=("dali",), progress=False))
+                synthetic = {"images": args.images, "side": 32, "classes": 10, "storage": "raw (png)"}
+                res = res or 32
+                if not args.quiet:
+                    print(f"synthetic set: {args.images} images at 32x32, built and converted in "
+                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            else:
+                from fastkd.pipelines import open_converted
+
+                res = res or open_converted(data).default_res
+            run_augment_bench(data, split=args.split, batch_size=args.batch_size, workers=args.workers, res=res,
+                              epochs=args.epochs, warmup_epochs=args.warmup_epochs, device=args.device,
+                              augment=args.augment, seed=args.seed, out_json=args.out,
+                              progress=not args.quiet, synthetic=synthetic,
+                              command=shlex.join(["python", "benchmarks/bench_augment.py",
+                                                  *(sys.argv[1:] if argv is None else argv)]))
+            print(f"wrote {args.out}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Memory backend: the whole split, decoded once, as one uint8 tensor on the training device.
+
+For small images (CIFAR, MNIST, ImageNet32, Tiny-ImageNet) decoding is the whole cost of a loader, and
+the decoded split is small (CIFAR-10 train at 32: 50,000 x 32 x 32 x 3 = 147 MiB). This backend decodes
+every sample of the split once, at construction, with exactly the torch backend's decode path
+(``torch_backend.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
+``(N, S, S, 3)`` uint8 tensor on ``cfg.device`` (chunk by chunk through pinned host memory when that is
+a GPU, so the host never holds the whole split), plus the labels; it prints how long that took
+(also ``backend.decode_s``). An epoch is then only ``torch.index_select`` of each batch's indices on the device (no
+Python per-sample work); the Loader's vectorised views do the augmentation (the airbench approach).
+
+It needs neither ffcv nor DALI, only the conversion's shards (``--formats dali``). It refuses, with a
+UserError naming the size and the fix, a split whose decoded tensor exceeds its limit: by default 8 GiB
+(and the free memory) on a GPU, 80% of the available RAM on the CPU; ``FASTKD_MEMORY_LIMIT`` (bytes, or
+with a K/M/G/T suffix, e.g. ``16G``) or ``MemoryBackend.limit_bytes`` sets another.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from fastkd.errors import UserError
+
+from . import register_backend
+from .backend import Backend, BackendConfig, RawBatch
+from .order import num_batches
+
+ENV_LIMIT = "FASTKD_MEMORY_LIMIT"
+CUDA_DEFAULT_LIMIT = 8 << 30
+HOST_FRACTION = 0.8  # of the available RAM
+DECODE_CHUNK = 256  # samples per decode task
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def parse_bytes(text: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GiB"`` or a plain byte count -> bytes (binary units)."""
+    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(s[-1:], 1)
+    try:
+        value = float(s[:-1] if scale > 1 else s)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise UserError(f"{ENV_LIMIT}={text!r} is not a size; give bytes or e.g. 512M, 16G")
+    return int(value * scale)
+
+
+def available_ram() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), else physical memory from sysconf, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_limit(device: torch.device, override: Optional[int] = None) -> tuple:
+    """``(limit in bytes or None, what it is)`` for a split held on ``device``."""
+    env = os.environ.get(ENV_LIMIT)
+    if override is not None:
+        return int(override), "MemoryBackend.limit_bytes"
+    if env:
+        return parse_bytes(env), f"{ENV_LIMIT}={env}"
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if free < CUDA_DEFAULT_LIMIT:
+            return int(free), f"the free memory of {device}"
+        return CUDA_DEFAULT_LIMIT, f"the default for {device}, {format_bytes(CUDA_DEFAULT_LIMIT)}"
+    ram = available_ram()
+    if ram is None:
+        return None, "unknown"
+    return int(ram * HOST_FRACTION), f"{HOST_FRACTION:.0%} of the available RAM, {format_bytes(ram)}"
+
+
+@register_backend("memory")
+class MemoryBackend(Backend):
+    """``images``: uint8 (N, S, S, 3) and ``labels``: int64 (N,) of the whole split, on ``cfg.device``."""
+
+    limit_bytes: Optional[int] = None  # None: FASTKD_MEMORY_LIMIT, else the device's default (see module doc)
+
+    @classmethod
+    def require(cls, fmt: str, cfg: BackendConfig):
+        """Reads the shards of the ``dali`` format whatever ``fmt`` the caller names (the Loader asks
+        for "dali" for every backend but ffcv)."""
+        if "dali" not in cfg.data.formats():
+            raise UserError(f"the memory backend decodes the shards of {cfg.data.root}, which was converted "
+                            "without them; convert again with --formats dali (or use --backend ffcv)")
+
+    def __init__(self, cfg: BackendConfig):
+        super().__init__(cfg)
+        from fastkd.converters.shards import ShardReader
+
+        t0 = time.perf_counter()
+        split = cfg.data.split(cfg.split)
+        reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])
+        n, side, dev = len(reader), int(cfg.base), cfg.device
+        self.nbytes = n * side * side * 3
+        limit, why = memory_limit(dev, self.limit_bytes)
+        if limit is not None and self.nbytes > limit:
+            raise UserError(
+                f"the memory backend would hold the {n} {cfg.split} images of {cfg.data.root} decoded at "
+                f"{side}x{side}x3 uint8, {format_bytes(self.nbytes)} on {dev}, over its limit of "
+                f"{format_bytes(limit)} ({why}); use another backend (--backend torch, dali or ffcv) or a smaller "
+                f"--res, or set {ENV_LIMIT} (e.g. {ENV_LIMIT}={-(-self.nbytes // (1 << 30)) + 1}G) if it fits")
+        self.images = torch.empty((n, side, side, 3), dtype=torch.uint8, device=dev)
+        self._decode(reader, self.images, cfg.workers)
+        self.labels = torch.from_numpy(np.ascontiguousarray(reader.table["label"], dtype=np.int64)).to(dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        self.decode_s = time.perf_counter() - t0
+        print(f"memory backend: {n} {cfg.split} images decoded at {side}x{side} into {format_bytes(self.nbytes)} "
+              f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _decode(reader, out: torch.Tensor, workers: int) -> None:
+        """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel."""
+        from .torch_backend import _Samples
+
+        def collate(items):
+            return np.stack([it[0] for it in items]), items[0][2]
+
+        side = out.shape[1]
+        loader = torch.utils.data.DataLoader(_Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
+                                             num_workers=workers, collate_fn=collate)
+        done, cuda = 0, out.device.type == "cuda"
+        for images, start in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+            assert start == done, (start, done)
+            chunk = torch.from_numpy(images)
+            if cuda:  # through pinned host memory, overlapping the copy with the next chunk's decode
+                chunk = chunk.pin_memory()
+            out[start : start + len(images)].copy_(chunk, non_blocking=cuda)
+            done += len(images)
+        assert done == len(out), (done, len(out))
+
+    def __len__(self) -> int:
+        return num_batches(len(self.cfg.order(0)), self.cfg.batch_size, self.cfg.drop_last)
+
+    def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
+        order = self.cfg.order(epoch)
+        bs = self.cfg.batch_size
+        stop = len(order) - len(order) % bs if self.cfg.drop_last else len(order)
+        # the epoch's indices cross to the device once; batches are slices of them
+        index = torch.from_numpy(np.ascontiguousarray(order[:stop], dtype=np.int64)).to(self.cfg.device)
+        for i in range(0, stop, bs):
+            idx = index[i : i + bs]
+            yield torch.index_select(self.images, 0, idx), torch.index_select(self.labels, 0, idx), idx
