@@ -7,17 +7,15 @@ interrupted ablation resumes cell by cell.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fastkd.errors import UserError
 from fastkd.report import format_table
+from fastkd.runs import run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
-from fastkd.train.trainer import train
 
 HEADERS = ["#", "trick", "top-1 %", "change vs previous", "train s", "options added"]
 
@@ -74,7 +72,7 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
         current = replace(current, **overrides)
         run = os.path.join(out, f"{k:02d}-{name.replace(' ', '_').replace(':', '')}")
         current = replace(current, out=run)
-        summary = _cell(current, run, name)
+        summary = run_or_reuse(current, name, "ablate")
         cells[name] = summary
         top1 = summary["top1"]
         change = None if prev is None else top1 - prev
@@ -83,11 +81,7 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
         prev = top1
     result = {"model": cfg.student, "data": cfg.data, "epochs": cfg.epochs, "seed": cfg.seed, "cells": cells,
               "table": format_table(HEADERS, table, markdown=True)}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "ablation.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "ablation.md"), "w") as f:
-        f.write(result["table"] + "\n")
+    write_results(out, "ablation", result)
     print(format_table(HEADERS, table))
     return result
 
@@ -97,13 +91,3 @@ def _has_residual_blocks(model_name: str) -> bool:
     from fastkd.train.tricks import residual_last_norms
 
     return bool(residual_last_norms(create_model(model_name, 10, True)))
-
-
-def _cell(cfg: TrainConfig, run: str, name: str) -> dict:
-    done = os.path.join(run, "summary.json")
-    if os.path.isfile(done):
-        with open(done) as f:
-            return json.load(f)
-    shutil.rmtree(run, ignore_errors=True)  # an unfinished cell restarts
-    print(f"[ablate] {name}", file=sys.stderr, flush=True)
-    return train(cfg)

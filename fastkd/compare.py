@@ -5,17 +5,14 @@ Every (method, seed) cell is a normal run folder ``<out>/<method>/seed<k>``; a c
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import statistics
-import sys
 from dataclasses import replace
 from typing import List, Sequence
 
 from fastkd.report import format_table
+from fastkd.runs import run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
-from fastkd.train.trainer import train
 
 HEADERS = ["method", "top-1 mean %", "top-1 std", "seeds", "per-seed top-1 %", "train s (mean)"]
 
@@ -24,19 +21,11 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
     cells = {}
     for method in methods:
         for seed in seeds:
-            run = os.path.join(out, method, f"seed{seed}")
-            done = os.path.join(run, "summary.json")
-            if os.path.isfile(done):
-                with open(done) as f:
-                    cells[(method, seed)] = json.load(f)
-                continue
-            shutil.rmtree(run, ignore_errors=True)  # an unfinished cell restarts
-            print(f"[compare] {method}, seed {seed}", file=sys.stderr, flush=True)
             uses_teacher = method != "ce"
-            cfg = replace(base, out=run, method=method, seed=seed,
+            cfg = replace(base, out=os.path.join(out, method, f"seed{seed}"), method=method, seed=seed,
                           teacher=base.teacher if uses_teacher else None,
                           teacher_weights=base.teacher_weights if uses_teacher else None)
-            cells[(method, seed)] = train(cfg)
+            cells[(method, seed)] = run_or_reuse(cfg, f"{method}, seed {seed}", "compare")
     rows: List[list] = []
     for method in methods:
         accs = [cells[(method, s)]["top1"] for s in seeds]
@@ -48,10 +37,6 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
               "seeds": list(seeds), "epochs": base.epochs, "res": base.res,
               "cells": {f"{m}/seed{s}": v for (m, s), v in cells.items()},
               "table": format_table(HEADERS, rows, markdown=True)}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "compare.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, "compare.md"), "w") as f:
-        f.write(result["table"] + "\n")
+    write_results(out, "compare", result)
     print(format_table(HEADERS, rows))
     return result

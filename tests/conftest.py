@@ -26,3 +26,25 @@ def ffcv_train_loader(orl_data):
     from fastkd.pipelines import Loader
 
     return Loader(orl_data, "train", backend="ffcv", batch_size=32, res=32, seed=3, workers=2)
+
+
+def release_loader(loader) -> None:
+    """Drop a Loader's backend now, so its DataLoader workers shut down at once rather than whenever
+    the garbage collector gets to them."""
+    loader.__dict__.pop("backend", None)
+
+
+@pytest.fixture
+def make_loader():
+    """Build Loaders that are released when the test ends."""
+    from fastkd.pipelines import Loader
+
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(Loader(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for loader in made:
+        release_loader(loader)

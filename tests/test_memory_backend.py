@@ -13,6 +13,7 @@ import torch
 
 from fastkd.converters.shards import ShardReader
 from fastkd.errors import UserError
+from conftest import release_loader
 from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted
 from fastkd.pipelines.memory_backend import ENV_LIMIT, MemoryBackend, parse_bytes
 from fastkd.pipelines.order import batches, epoch_order
@@ -22,32 +23,14 @@ SETTINGS = dict(batch_size=32, res=32, seed=3, workers=2)
 EPOCHS = (0, 1)
 
 
-def _release(loader: Loader) -> None:
-    """Free the backend now (see tests/test_pipelines.py: persistent workers otherwise wait for the gc)."""
-    loader.__dict__.pop("backend", None)
-
-
-@pytest.fixture
-def make_loader():
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(Loader(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for loader in made:
-        _release(loader)
-
-
 @pytest.fixture(scope="module")
 def pair(orl_data):
     """(memory, torch) train Loaders with the same settings."""
     memory = Loader(orl_data, "train", backend="memory", **SETTINGS)
     ref = Loader(orl_data, "train", backend="torch", **SETTINGS)
     yield memory, ref
-    _release(memory)
-    _release(ref)
+    release_loader(memory)
+    release_loader(ref)
 
 
 def _raw(loader: Loader, epoch: int):

@@ -19,6 +19,7 @@ import torch
 
 from fastkd.converters.shards import ShardReader
 from fastkd.errors import UserError
+from conftest import release_loader
 from fastkd.pipelines import ConvertedData, Loader, open_converted
 from fastkd.pipelines.order import batches, epoch_order, num_batches
 from fastkd.pipelines.torch_backend import base_image
@@ -52,32 +53,11 @@ def _collect(loader: Loader, epoch: int) -> dict:
             "device": images[0].device}
 
 
-def _release(loader: Loader) -> None:
-    """Drop the loader's backend now. A Loader sits in a reference cycle (see the xfail test below), so without
-    this its torch DataLoader is only freed by the cycle collector, where shutting down each persistent
-    worker waits out torch's 5 s join timeout, stalling whichever test happens to trigger the collection."""
-    loader.__dict__.pop("backend", None)
-
-
-@pytest.fixture
-def make_loader():
-    """Build Loaders that are released when the test ends."""
-    made = []
-
-    def make(*args, **kwargs):
-        made.append(Loader(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for loader in made:
-        _release(loader)
-
-
 @pytest.fixture(scope="module")
 def torch_train(orl_data):
     loader = Loader(orl_data, "train", backend="torch", **SETTINGS)
     yield loader
-    _release(loader)
+    release_loader(loader)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +65,7 @@ def dali_train(orl_data):
     pytest.importorskip("nvidia.dali")
     loader = Loader(orl_data, "train", backend="dali", **SETTINGS)
     yield loader
-    _release(loader)
+    release_loader(loader)
 
 
 @pytest.fixture(scope="module")

@@ -170,6 +170,6 @@ def test_compare_table_resumes_cell_by_cell(orl_data, straight_run, tmp_path, mo
     assert set(cells) == {"ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"}
     assert cells["ce/seed0"]["teacher"] is None and cells["kd/seed1"]["method"] == "kd"
     assert any(line.startswith("| kd ") for line in first["table"].splitlines())
-    monkeypatch.setattr(compare, "train", lambda cfg: pytest.fail("a finished cell was trained again"))
+    monkeypatch.setattr("fastkd.runs.train", lambda cfg: pytest.fail("a finished cell was trained again"))
     again = compare.run_compare(base, ["ce", "kd"], [0, 1], str(tmp_path / "cmp"))
     assert again["table"] == first["table"]
