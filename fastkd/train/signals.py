@@ -41,3 +41,30 @@ def check_pair(methods, student: nn.Module, teacher: nn.Module) -> None:
                 raise UserError(f"method {m.name} needs feature tap {tap!r}, which the {' and the '.join(lacking)} "
                                 f"{'lacks' if len(lacking) == 1 else 'lack'}; taps both {student.fastkd_name} and {teacher.fastkd_name} have: {common} "
                                 f"(choose them with --opt {m.name}.<option>=...)")
+
+
+def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], res: int, dataset_size: int):
+    """Everything between building the networks and the first step, shared by the trainer and the tests:
+    pair-dependent taps, the tap check, hooks for exactly the signals needed, and the methods' adapters
+    shaped by one dry forward pass of both networks (the student in eval mode, so no BN statistics move).
+    Returns the student's and the teacher's :class:`SignalModel` (the latter None without a teacher)."""
+    if teacher is not None:
+        for m in methods:  # taps that depend on the pair (overhaul: the stages both models have)
+            m.select_taps(model_taps(student), model_taps(teacher))
+        check_pair(methods, student, teacher)
+    needs = set().union(*(m.needs for m in methods))
+    s_signals = SignalModel(student, needs)
+    t_signals = SignalModel(teacher, needs) if teacher is not None else None
+    device = next(student.parameters()).device
+    x = torch.zeros(2, 3, res, res, device=device)
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        s = s_signals(x)
+        t = t_signals(x) if t_signals is not None else {}
+    student.train(was_training)
+    for m in methods:
+        m.dataset_size = dataset_size  # memory banks (CRD) are sized by the train split
+        m.setup(s, t)
+        m.to(device)
+    return s_signals, t_signals

@@ -20,14 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from fastkd import __version__
 from fastkd.errors import UserError
 from fastkd.methods import parse_methods
-from fastkd.models import count_parameters, create_model, model_taps
+from fastkd.models import count_parameters, create_model
 from fastkd.pipelines import Loader, open_converted
 
 from . import checkpoint, distributed, tricks
 from .config import TrainConfig
 from .evaluate import evaluate, topk_correct
 from .schedule import lr_at
-from .signals import SignalModel, check_pair
+from .signals import prepare_methods
 from .weights import build_teacher
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,14 +64,8 @@ class Trainer:
         elif cfg.teacher or cfg.teacher_weights:
             raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                             "a distillation method such as --method kd")
-        if self.teacher is not None:
-            for m in self.methods:  # taps that depend on the pair (overhaul: the stages both models have)
-                m.select_taps(model_taps(self.student), model_taps(self.teacher))
-            needs = set().union(*(m.needs for m in self.methods))
-            check_pair(self.methods, self.student, self.teacher)
-        self.s_signals = SignalModel(self.student, needs)
-        self.t_signals = SignalModel(self.teacher, needs) if self.teacher is not None else None
-        self._setup_methods()
+        self.s_signals, self.t_signals = prepare_methods(self.methods, self.student, self.teacher,
+                                                         self.train_loader.policy.out, self.train_loader.count)
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.methods[0].ce_weight
         extra = [p for m in self.methods for p in m.parameters()]
         self.optimizer = torch.optim.SGD(tricks.param_groups(self.student, extra, cfg.weight_decay, cfg.no_bias_decay),
@@ -119,20 +113,6 @@ class Trainer:
         if cfg.channels_last:
             student = student.to(memory_format=torch.channels_last)
         return student
-
-    def _setup_methods(self) -> None:
-        """Adapters are shaped by one dry forward pass of both networks."""
-        res = self.train_loader.policy.out
-        x = torch.zeros(2, 3, res, res, device=self.device)
-        self.student.eval()
-        with torch.no_grad():
-            s = self.s_signals(x)
-            t = self.t_signals(x) if self.t_signals else {}
-        self.student.train()
-        for m in self.methods:
-            m.dataset_size = self.train_loader.count  # memory banks (CRD) are sized by the train split
-            m.setup(s, t)
-            m.to(self.device)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int) -> dict:
