@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from fastkd.errors import UserError
+from fastkd.threads import preserve_torch_threads
 
 from .images import decode_bytes
 from .shards import ShardReader
@@ -67,8 +68,9 @@ def write_beton(path: str, reader: ShardReader, storage: str, progress: bool = T
     """Write ``path`` (fields: image, label, index). One writer process keeps the output byte-identical
     across runs; the expensive decode/resize/encode already ran in parallel."""
     try:
-        from ffcv.fields import IntField, RGBImageField
-        from ffcv.writer import DatasetWriter
+        with preserve_torch_threads():  # importing FFCV sets torch's thread count to 1
+            from ffcv.fields import IntField, RGBImageField
+            from ffcv.writer import DatasetWriter
     except ImportError:
         raise UserError("writing .beton files needs ffcv: pip install 'fastkd[ffcv]' (or pass --formats dali)")
     image_field = RGBImageField(write_mode="jpg" if storage == "jpg" else "raw")
@@ -79,7 +81,7 @@ def write_beton(path: str, reader: ShardReader, storage: str, progress: bool = T
     while len(sizes) and page < 4 * int(sizes.max()):
         page *= 2
     writer = DatasetWriter(path, fields, page_size=page, num_workers=1)
-    import ffcv.writer
+    import ffcv.writer  # already imported above, under the thread guard
     from tqdm import tqdm
 
     original = ffcv.writer.tqdm  # FFCV draws its own bar; silence it with ours

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from fastkd.errors import UserError
+from fastkd.threads import preserve_torch_threads
 
 from .dataset import ConvertedData
 
@@ -40,7 +41,8 @@ class Backend:
     def require(cls, fmt: str, cfg: BackendConfig):
         if cls.package:
             try:
-                importlib.import_module(cls.package)
+                with preserve_torch_threads():  # importing ffcv resets torch's thread count
+                    importlib.import_module(cls.package)
             except ImportError:
                 raise UserError(f"the {fmt} backend needs {cls.package}; install it with pip install 'fastkd[{cls.extra}]'")
         if fmt not in cfg.data.formats():

@@ -9,6 +9,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from fastkd.threads import preserve_torch_threads
+
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
 
@@ -39,6 +41,10 @@ class FFCVBackend(Backend):
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
+        with preserve_torch_threads():  # FFCV resets torch's thread count on import and in its Loader
+            self._build(cfg)
+
+    def _build(self, cfg: BackendConfig) -> None:
         from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
         from ffcv.loader import Loader
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
@@ -64,7 +70,9 @@ class FFCVBackend(Backend):
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         self.loader.next_epoch = epoch
-        for images, labels, index in self.loader:
+        with preserve_torch_threads():
+            batches = iter(self.loader)
+        for images, labels, index in batches:
             # FFCV recycles its output buffers a few batches later; Loader.epoch consumes images at once
             # and clones labels and indices
             yield images, labels.to(torch.int64), index.to(torch.int64)

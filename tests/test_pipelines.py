@@ -313,3 +313,18 @@ def test_open_converted_rejects_other_folders(tmp_path, orl_data):
         open_converted(str(plain))
     data = open_converted(orl_data)
     assert data.splits() == ["train", "test"] and data.num_classes == 40 and data.storage == "jpg"
+
+
+def test_ffcv_leaves_the_torch_thread_count_alone(ffcv_train_loader):
+    """FFCV calls torch.set_num_threads on import and per epoch; a seeded run's numbers depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # not the loader's worker count (2), which FFCV would set
+    try:
+        for _ in ffcv_train_loader.epoch(5):
+            pass
+        type(ffcv_train_loader.backend).require("ffcv", ffcv_train_loader.backend.cfg)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
