@@ -174,7 +174,7 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
                       (" (this machine has none)" if not torch.cuda.is_available() else "") +
                       "; on a GPU the memory backend's index_select and vectorised views run on the device while "
                       "the DataLoader's per-sample work stays on the CPU workers, so its advantage is larger"))
-        notes.append(f"on the CPU the fastkd rows' views (affine_grid + grid_sample) and normalisation run in the main "
+        notes.append(f"on the CPU the fastkd rows' views (exact integer pad-crop + flip for res <= 64, grid_sample above) and normalisation run in the main "
                      f"process with {torch.get_num_threads()} intra-op thread(s) (--torch-threads), the DataLoader's "
                      f"transforms in its {workers} worker processes")
     result = {

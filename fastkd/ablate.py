@@ -30,7 +30,7 @@ def trick_table(cfg: TrainConfig, pretrained: Optional[str]) -> List[Tuple[str, 
         ("no bias decay", {"no_bias_decay": True}),
         ("label smoothing", {"label_smoothing": 0.1}),
         ("random erasing", {"erasing": 0.5}),
-        ("linear lr scaling", {"lr_scaling": True}),
+        ("linear lr scaling", {"lr_scaling": True, "lr": 0.1}),  # Goyal et al.: 0.1 per 256 images
         ("cutout", {"cutout": 0.5}),
         ("dropout", {"dropout": 0.2}),
         ("cosine lr decay", {"schedule": "cosine"}),

@@ -1,6 +1,6 @@
 """Online pipelines: converted data -> ``Batch`` on the training device.
 
-Backends (``ffcv``, ``dali``, ``torch``) register with ``@register_backend``; none imports ffcv or
+Backends (``ffcv``, ``dali``, ``torch``, ``memory``) register with ``@register_backend``; none imports ffcv or
 nvidia.dali until it is asked for.
 """
 from __future__ import annotations

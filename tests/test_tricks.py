@@ -19,6 +19,7 @@ def test_kaiming_and_xavier_follow_their_formulas():
     tricks.initialise(m, "kaiming")
     w = m.layer3[0].conv1.weight  # fan_out = 256 * 3 * 3
     assert w.std().item() == pytest.approx((2.0 / (256 * 9)) ** 0.5, rel=0.05)
+    assert m.fc.weight.std().item() == pytest.approx(0.01, rel=0.1)  # the classifier feeds no ReLU
     tricks.initialise(m, "xavier")
     fan_in, fan_out = 128 * 9, 256 * 9
     bound = (6.0 / (fan_in + fan_out)) ** 0.5

@@ -9,7 +9,7 @@ from . import cli
 @cli.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the conversion and the runs.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--backend", default="torch", show_default=True, help="ffcv, dali or torch.")
+@click.option("--backend", default="torch", show_default=True, help="ffcv, dali, torch or memory.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -17,19 +17,24 @@ INITS = ("default", "kaiming", "xavier")
 
 
 def initialise(model: nn.Module, scheme: str) -> None:
-    """Re-initialise conv and linear weights: ``kaiming`` (He et al. 2015, normal, fan_out, ReLU) or
-    ``xavier`` (Glorot & Bengio 2010, uniform); biases to zero, norm layers to (1, 0).
+    """Re-initialise: ``kaiming`` (He et al. 2015: convs normal, fan_out, ReLU gain; the linear classifier,
+    which feeds no ReLU, N(0, 0.01)) or ``xavier`` (Glorot & Bengio 2010, uniform, convs and linear);
+    biases to zero, norm layers to (1, 0).
     ``default`` keeps each architecture's own initialisation (torchvision's)."""
     if scheme == "default":
         return
     if scheme not in INITS:
         raise UserError(f"unknown --init {scheme!r}; choose one of: {', '.join(INITS)}")
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and scheme == "xavier"):
             if scheme == "kaiming":
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             else:
                 nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):  # kaiming: the classifier feeds no ReLU; N(0, 0.01) keeps logits small
+            nn.init.normal_(m.weight, 0.0, 0.01)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
