@@ -7,12 +7,13 @@ Rows (all at the same batch size and workers, on the same machine, in one run; e
 epoch e of every loader then e + 1, as ``fastkd bench loader`` does, and every batch is consumed):
 
 - ``memory``: fastkd ``Loader(backend="memory")``: the split decoded once into one uint8 tensor on the
-  device, batches cut with ``index_select``, views applied to the whole batch (pad-and-crop + flip at
-  res <= 64), normalised. Its one-time decode is ``build_s``, not part of images/s.
+  device (at res <= 64 held zero-padded and mirrored), each batch's pad-and-crop + flip views cut by one
+  gather from it (``index_select`` + vectorised views above res 64), normalised, then the batch
+  augmentation. Its one-time decode is ``build_s``, not part of images/s.
 - ``torch``: fastkd ``Loader(backend="torch")``: PIL decode in DataLoader workers, same device-side views.
-- ``memory_no_views``: not a loader, a diagnostic: the memory backend's own batches (``index_select`` of the
-  uint8 tensor, converted to float when summed) without the Loader's views and normalisation, i.e. the
-  ceiling the views leave; it shares the ``memory`` row's decoded tensor.
+- ``memory_no_views``: not a loader, a diagnostic: the memory backend's ``iter_epoch`` batches
+  (``index_select`` of the held uint8 images, converted to float when summed) without views, normalisation
+  or augmentation; it shares the ``memory`` row's decoded tensor.
 - ``dataloader``: torchvision ``ImageFolder`` over the same stored images (extracted to a temp folder) +
   ``DataLoader`` with per-sample transforms in the workers: RandomCrop(res, padding=res // 8),
   RandomHorizontalFlip, ToTensor, Normalize (Resize + CenterCrop first only when the stored images are not
@@ -20,14 +21,17 @@ epoch e of every loader then e + 1, as ``fastkd bench loader`` does, and every b
 
 ``--augment`` (only where the Loader has an ``augment`` parameter) adds fastkd's batch augmentation:
 ``erasing``, ``cutout``, ``mixup``, ``cutmix`` (comma-separated: ``AugmentConfig.paper(...)``, the papers'
-settings) or a JSON object of ``AugmentConfig`` fields. With erasing on, the baseline adds
-``RandomErasing(p, scale, ratio, value="random")`` after Normalize with the same p, scale and ratio; the
-baseline has no cutout / mixup / cutmix (recorded in the JSON).
+settings) or a JSON object of ``AugmentConfig`` fields, and the baseline gets the same ops the torchvision
+way: ``RandomErasing(p, scale, ratio, value="random")`` and a per-sample ``Cutout`` after Normalize, and
+mixup/cutmix with ``v2.MixUp`` / ``v2.CutMix`` on each batch in ``collate_fn`` (the torchvision reference
+recipe; one of the two per batch when both are on, where fastkd chooses per pair).
 
 Without ``--data`` a CIFAR-sized synthetic set is built: ``--images`` random smooth 32x32 RGB images in
 10 classes (PNG), converted with ``ConvertOptions(storage="raw", formats=("dali",))``.
 Output: a table on stdout and JSON (machine, settings, rows, ``memory_vs_dataloader``), written atomically
-to ``--out`` (default benchmarks/results/augment.json). The issue's goal is memory/DataLoader >= 20x.
+to ``--out`` (default benchmarks/results/augment.json). The issue's goal is memory/DataLoader >= 20x
+(total images / total seconds of the timed epochs); the ratio of the median epochs, less sensitive to
+one epoch slowed by another job on a shared machine, is printed and saved beside it.
 """
 from __future__ import annotations
 
@@ -83,8 +87,29 @@ def loader_augment(text: str, low_res: bool = True):
     return AugmentConfig.paper(low_res=low_res, **{op: True for op in ops})
 
 
-def baseline_transform(policy, mean, std, square: bool, erasing=None):
-    """Per-sample torchvision transforms; ``erasing``: None or the fastkd ``AugmentConfig`` to mirror."""
+class Cutout:
+    """Per-sample cutout on a normalised (C, H, W) tensor, as DeVries & Taylor's reference code: a ``side``
+    square, centre uniform over the pixels, clipped at the border, zeroed; with probability ``p``."""
+
+    def __init__(self, side: int, p: float = 1.0):
+        self.side, self.p = side, p
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.p < 1 and torch.rand(()) >= self.p:
+            return img
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, x0 = max(0, cy - self.side // 2), max(0, cx - self.side // 2)
+        img[..., y0 : min(h, cy - self.side // 2 + self.side), x0 : min(w, cx - self.side // 2 + self.side)] = 0
+        return img
+
+    def __repr__(self) -> str:
+        return f"Cutout(side={self.side}, p={self.p})"
+
+
+def baseline_transform(policy, mean, std, square: bool, augment=None):
+    """Per-sample torchvision transforms; ``augment``: None or the fastkd ``AugmentConfig`` whose random
+    erasing (``RandomErasing``, value="random") and cutout (:class:`Cutout`) to mirror."""
     from torchvision import transforms as T
 
     from fastkd.bench.loader import baseline_transform as loader_bench_transform
@@ -94,10 +119,35 @@ def baseline_transform(policy, mean, std, square: bool, erasing=None):
                  T.ToTensor(), T.Normalize(mean, std)]
     else:
         steps = list(loader_bench_transform(policy, mean, std).transforms)
-    if erasing is not None:
-        steps.append(T.RandomErasing(p=erasing.erasing_p, scale=tuple(erasing.erasing_scale),
-                                     ratio=tuple(erasing.erasing_ratio), value="random"))
+    if augment is not None and augment.erasing_p > 0:
+        steps.append(T.RandomErasing(p=augment.erasing_p, scale=tuple(augment.erasing_scale),
+                                     ratio=tuple(augment.erasing_ratio), value="random"))
+    if augment is not None and augment.cutout > 0 and augment.cutout_p > 0:
+        from fastkd.pipelines.augment import cutout_side
+
+        steps.append(Cutout(cutout_side(augment, policy.out), augment.cutout_p))
     return T.Compose(steps)
+
+
+class MixCollate:
+    """The torchvision reference recipe for mixup/cutmix: ``default_collate`` then ``v2.MixUp`` /
+    ``v2.CutMix`` (one of the two per batch when both are on) on the batch, in the DataLoader workers."""
+
+    def __init__(self, augment, num_classes: int):
+        from torchvision.transforms import v2
+
+        ops = []
+        if augment.cutmix_alpha > 0:
+            ops.append(v2.CutMix(alpha=augment.cutmix_alpha, num_classes=num_classes))
+        if augment.mixup_alpha > 0:
+            ops.append(v2.MixUp(alpha=augment.mixup_alpha, num_classes=num_classes))
+        self.mix = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+    def __call__(self, batch):
+        return self.mix(*torch.utils.data.default_collate(batch))
+
+    def __repr__(self) -> str:
+        return f"MixCollate({self.mix!r})"
 
 
 def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, workers: int = 2, res: int = 32,
@@ -117,26 +167,24 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
     conv.split(split)  # a UserError naming the splits if it is missing
     table = np.load(conv.path(f"dali/{split}/samples.npy"))
     square = bool((table["height"] == policy.base).all() and (table["width"] == policy.base).all())
-    loader_kwargs, erasing, augment_info = {}, None, None
+    loader_kwargs, cfg, augment_info, collate = {}, None, None, None
     if augment is not None:
         if "augment" not in inspect.signature(Loader).parameters:
             raise UserError("--augment: this fastkd Loader has no augment parameter; leave --augment out")
         cfg = loader_augment(augment, low_res=policy.kind == "pad_crop")
         loader_kwargs["augment"] = cfg
-        erasing = cfg if getattr(cfg, "erasing_p", 0) > 0 else None
-        fastkd_only = [op for op, on in (("cutout", getattr(cfg, "cutout", 0) > 0),
-                                         ("mixup", getattr(cfg, "mixup_alpha", 0) > 0),
-                                         ("cutmix", getattr(cfg, "cutmix_alpha", 0) > 0)) if on]
-        augment_info = {"arg": augment, "config": repr(cfg), "baseline_lacks": fastkd_only}
+        if cfg.mixing:
+            collate = MixCollate(cfg, conv.num_classes)
+        augment_info = {"arg": augment, "config": repr(cfg), "baseline_collate": repr(collate)}
+    transform = baseline_transform(policy, conv.mean, conv.std, square, cfg)
 
     with tempfile.TemporaryDirectory(prefix="fastkd-bench-augment-") as tmp:
         _extract_imagefolder(conv, split, tmp)
 
         def build_baseline():
-            ds = torchvision.datasets.ImageFolder(tmp, transform=baseline_transform(policy, conv.mean, conv.std,
-                                                                                    square, erasing))
+            ds = torchvision.datasets.ImageFolder(tmp, transform=transform)
             dl = torch.utils.data.DataLoader(
-                ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
                 generator=torch.Generator().manual_seed(seed))
             return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
@@ -166,15 +214,18 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
         ips = row.get("images_per_s")
         row["ratio"] = ips / base if ips and base else None
     ratio = rows["memory"].get("ratio")
+    medians = [rows[k].get("median_images_per_s") for k in ("memory", BASELINE)]
+    median_ratio = medians[0] / medians[1] if all(medians) else None  # robust to one slow epoch
     machine = machine_info(dev)
     machine["gpu_available"] = torch.cuda.is_available()
     notes = []
     if dev.type != "cuda":
         notes.append(("no GPU used: every loader ran on the CPU" +
                       (" (this machine has none)" if not torch.cuda.is_available() else "") +
-                      "; on a GPU the memory backend's index_select and vectorised views run on the device while "
+                      "; on a GPU the memory backend's gathers and batch augmentation run on the device while "
                       "the DataLoader's per-sample work stays on the CPU workers, so its advantage is larger"))
-        notes.append(f"on the CPU the fastkd rows' views (exact integer pad-crop + flip for res <= 64, grid_sample above) and normalisation run in the main "
+        notes.append(f"on the CPU the fastkd rows' views (exact integer pad-crop + flip for res <= 64, grid_sample above), "
+                     f"augmentation and normalisation run in the main "
                      f"process with {torch.get_num_threads()} intra-op thread(s) (--torch-threads), the DataLoader's "
                      f"transforms in its {workers} worker processes")
     result = {
@@ -184,10 +235,12 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
                      "stored_square": square,
                      "res": res, "policy": policy.kind, "base": policy.base, "padding": max(1, policy.base // 8),
                      "batch_size": batch_size, "workers": workers, "epochs": epochs, "warmup_epochs": warmup_epochs,
-                     "order": "round-robin", "augment": augment_info, "baseline_random_erasing": erasing is not None,
-                     "baseline_transforms": repr(baseline_transform(policy, conv.mean, conv.std, square, erasing))},
+                     "order": "round-robin", "augment": augment_info,
+                     "baseline_random_erasing": bool(cfg is not None and cfg.erasing_p > 0),
+                     "baseline_transforms": repr(transform)},
         "rows": rows,
         "memory_vs_dataloader": ratio,
+        "memory_vs_dataloader_median_epoch": median_ratio,
         "goal": {"memory_vs_dataloader": GOAL, "met": bool(ratio is not None and ratio >= GOAL)},
         "notes": notes,
     }
@@ -215,8 +268,10 @@ def format_result(result: dict) -> str:
                      round(row["build_s"], 2), round(row["first_epoch_s"], 2), round(row["median_images_per_s"], 1)])
     text = format_table(["loader", "images/s", "vs DataLoader", "build s", "first epoch s", "median epoch img/s"], rows)
     ratio = result["memory_vs_dataloader"]
+    median = result.get("memory_vs_dataloader_median_epoch")
     tail = (f"memory / DataLoader: {ratio:.1f}x (goal >= {result['goal']['memory_vs_dataloader']:.0f}x: "
-            f"{'met' if result['goal']['met'] else 'not met'})" if ratio else "memory / DataLoader: -")
+            f"{'met' if result['goal']['met'] else 'not met'}); median epochs: {median:.1f}x" if ratio and median
+            else "memory / DataLoader: -")
     return "\n".join([head, text, tail] + [f"note: {n}" for n in result["notes"]])
 
 

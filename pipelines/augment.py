@@ -17,9 +17,9 @@ changes nothing but float rounding. (timm's ``--no-prefetcher`` path erases per 
   corner ``U(0, W) x U(0, H)`` floored; the try is kept when the box fits inside the image, as the paper's
   ``while True`` loop, capped at ``erasing_tries`` (50: a try fits with probability ~0.30, so all 50 fail
   with probability ~1e-8; then the sample is left as it is, timm's rule). Fill: every pixel and channel of
-  the box gets its own uniform value in [0, 255] (the paper's ``Rand(0, 255)``), normalised like the
-  image; the values come from a counter-based 32-bit hash computed on the device, keyed by the sample's
-  ``erase_key`` and the (channel, y, x) position, so the fill is a pure function too.
+  the box gets its own random pixel value in 0..255 (the paper's ``Rand(0, 255)``), normalised like the
+  image; the values are windows of a fixed hashed byte table at offsets hashed from the sample's
+  ``erase_key`` (``fill_values``), so the fill is a pure function of the key too.
 - Cutout (DeVries & Taylor 2017, arXiv:1708.04552): one square of side ``round(cutout * res)`` (paper, CIFAR-10:
   16 px at 32, i.e. 0.5), centre uniform over the pixels (so the square is clipped at the border), filled
   with 0 after normalisation, i.e. the mean pixel; applied with probability ``cutout_p`` (paper: always).
@@ -110,23 +110,40 @@ class AugmentConfig:
 # ------------------------------------------------------------------------ sampling (host, numpy)
 
 
+ERASING_FIRST_TRIES = 10  # drawn for every sample; the rest only for the few whose first tries all miss
+
+
+def _erasing_tries(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray, res: int, first: int,
+                   count: int) -> Tuple[np.ndarray, ...]:
+    """Tries ``first .. first + count - 1`` of each sample: boxes ``(x0, y0, w, h)`` (N, count) and fits."""
+    u = uniforms(seed, epoch, index, 4 * count, offset=ERASING_STREAMS + 2 + 4 * first).reshape(len(index), count, 4)
+    (sl, sh), (r1, r2) = cfg.erasing_scale, cfg.erasing_ratio
+    se = res * res * (sl + u[..., 0] * (sh - sl))
+    re = r1 + u[..., 1] * (r2 - r1)
+    h, w = np.round(np.sqrt(se * re)), np.round(np.sqrt(se / re))
+    x0, y0 = np.floor(u[..., 2] * res), np.floor(u[..., 3] * res)
+    return x0, y0, w, h, (x0 + w <= res) & (y0 + h <= res) & (w >= 1) & (h >= 1)
+
+
 def sample_erasing(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray, res: int) -> Dict[str, np.ndarray]:
     """``erase_box`` (N, 4) int64 ``(x0, y0, w, h)`` in output pixels (w = h = 0: not erased) and
-    ``erase_key`` (N,) int64, the 53-bit key of the fill."""
-    n, t = len(index), cfg.erasing_tries
-    u = uniforms(seed, epoch, index, 2 + 4 * t, offset=ERASING_STREAMS)
-    tries = u[:, 2:].reshape(n, t, 4)
-    (sl, sh), (r1, r2) = cfg.erasing_scale, cfg.erasing_ratio
-    se = res * res * (sl + tries[..., 0] * (sh - sl))
-    re = r1 + tries[..., 1] * (r2 - r1)
-    h, w = np.round(np.sqrt(se * re)), np.round(np.sqrt(se / re))
-    x0, y0 = np.floor(tries[..., 2] * res), np.floor(tries[..., 3] * res)
-    fits = (x0 + w <= res) & (y0 + h <= res) & (w >= 1) & (h >= 1)
-    first = fits.argmax(1)  # the paper's loop stops at the first box that fits
-    take = (u[:, 0] < cfg.erasing_p) & fits.any(1)
-    rows = np.arange(n)
-    box = np.stack([x0[rows, first], y0[rows, first], w[rows, first], h[rows, first]], 1)
-    box[~take] = 0
+    ``erase_key`` (N,) int64, the 53-bit key of the fill. Try ``t`` of a sample is its streams
+    ``ERASING_STREAMS + 2 + 4t ..+3``, whether or not it is drawn: the first ``ERASING_FIRST_TRIES`` are drawn
+    for all, the rest only for the samples (about 3%) still without a box, with the same result."""
+    index = np.asarray(index)
+    n = len(index)
+    u = uniforms(seed, epoch, index, 2, offset=ERASING_STREAMS)
+    box = np.zeros((n, 4))
+    todo = np.flatnonzero(u[:, 0] < cfg.erasing_p)  # erased if one of its tries fits
+    first = 0
+    while len(todo) and first < cfg.erasing_tries:
+        count = min(cfg.erasing_tries - first, ERASING_FIRST_TRIES if first == 0 else cfg.erasing_tries)
+        x0, y0, w, h, fits = _erasing_tries(cfg, seed, epoch, index[todo], res, first, count)
+        hit = fits.any(1)
+        t = fits.argmax(1)[hit]  # the paper's loop stops at the first box that fits
+        rows = np.flatnonzero(hit)
+        box[todo[hit]] = np.stack([x0[rows, t], y0[rows, t], w[rows, t], h[rows, t]], 1)
+        todo, first = todo[~hit], first + count
     return {"erase_box": box.astype(np.int64), "erase_key": np.floor(u[:, 1] * 2.0**53).astype(np.int64)}
 
 
@@ -187,12 +204,18 @@ def sample_mixing(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray, 
 # ------------------------------------------------------------------------------ applying (device, torch)
 
 
+def box_inside(box: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(N, 1, H, W) of ``dtype``: 1 inside each ``(x0, y0, w, h)`` box, 0 outside; the outer product of each
+    box's column and row indicators (a broadcast multiply: boolean broadcasts are several times slower on a CPU)."""
+    lo = box[:, :2].unsqueeze(2)  # (N, 2, 1): x0, y0
+    at = torch.arange(max(height, width), device=box.device)
+    m = ((at >= lo) & (at < lo + box[:, 2:].unsqueeze(2))).to(dtype)  # (N, 2, L): columns, rows
+    return (m[:, 1, :height].unsqueeze(2) * m[:, 0, :width].unsqueeze(1)).unsqueeze(1)
+
+
 def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """bool (N, 1, H, W): inside each ``(x0, y0, w, h)`` box."""
-    ys = torch.arange(height, device=box.device).view(1, height, 1)
-    xs = torch.arange(width, device=box.device).view(1, 1, width)
-    x0, y0, w, h = (v.view(-1, 1, 1) for v in box.unbind(1))
-    return ((xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h)).unsqueeze(1)
+    return box_inside(box, height, width, torch.uint8).bool()
 
 
 _M32 = 0xFFFFFFFF
@@ -212,44 +235,85 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def _keyed_uniforms(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-    """float32 uniforms in [0, 1) from a keyed hash of int64 ``counter`` (< 2**32) and 53-bit ``key``."""
-    h = _hash32(_hash32(counter ^ (key & _M32)) ^ (key >> 32))
-    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
+_FILL_KEY = 0x5EED_F1_11  # the fill banks' fixed hash key
+_BANKS: Dict[str, torch.Tensor] = {}  # device -> the longest fill bank built there
 
 
-def fill_uniforms(key: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
-    """float32 (N, C, H, W): the erasing fill's uniforms of every (channel, y, x) counter of each key."""
-    counter = torch.arange(channels * height * width, device=key.device, dtype=torch.int64)
-    return _keyed_uniforms(counter.view(1, channels, height, width), key.to(torch.int64).view(-1, 1, 1, 1))
+def fill_bank(length: int, device) -> torch.Tensor:
+    """uint8 (2, >= length): ``bank[r, j]``, the top byte of the keyed hash of ``r * 2**31 + j``: uniform
+    over 0..255 and a pure function of (r, j); built once per device, then cached (2 MiB at 32 x 32)."""
+    dev = torch.device(device)
+    cached = _BANKS.get(str(dev))
+    if cached is None or cached.shape[1] < length:
+        counter = (torch.arange(2, device=dev, dtype=torch.int64).view(-1, 1) << 31) + torch.arange(
+            length, device=dev, dtype=torch.int64)
+        cached = (_hash32(_hash32(counter ^ _FILL_KEY)) >> 24).to(torch.uint8)
+        _BANKS[str(dev)] = cached
+    return cached
+
+
+def fill_span(channels: int, height: int, width: int) -> int:
+    """Number of window offsets into each fill bank row: 2**20, or 64 windows' length for large images."""
+    return max(1 << 20, 64 * channels * height * width)
+
+
+def fill_values(key: torch.Tensor, channels: int, height: int, width: int) -> torch.Tensor:
+    """uint8 (N, C, H, W): the erasing fill of each key, a pixel value in 0..255 per (channel, y, x).
+
+    The sum modulo 256 of two windows of the cached ``fill_bank``, row 0 at offset ``o1 = key mod span`` and
+    row 1 at ``o2 = ((key >> 20) xor (key >> 40)) mod span`` (``fill_span``; the keys are uniform 53-bit
+    numbers, so the two offsets are independent and every bit of the key counts): within a sample the values are i.i.d.
+    uniform over 0..255, as the paper's ``Rand(0, 255)`` on 8-bit images; two samples share values only
+    where both of their offsets fall within a window's length of each other (about (2 CHW / span)**2 per
+    pair: 4e-5 at 32 x 32). Two contiguous gathers instead of a per-pixel hash, exact on every device."""
+    chw, span = channels * height * width, fill_span(channels, height, width)
+    windows = fill_bank(span + chw, key.device).unfold(1, chw, 1)  # (2, >= span + 1, CHW): no copy
+    key = key.to(torch.int64)
+    o1, o2 = key % span, ((key >> 20) ^ (key >> 40)) % span
+    fill = windows[0].index_select(0, o1) + windows[1].index_select(0, o2)  # uint8 wraps: mod 256
+    return fill.view(-1, channels, height, width)
 
 
 def apply_erasing(x: torch.Tensor, box: torch.Tensor, key: torch.Tensor, mean: torch.Tensor,
-                  std: torch.Tensor) -> torch.Tensor:
-    """Replace each box by per-pixel uniform values in [0, 255] (``fill_uniforms``), normalised with
-    ``mean``/``std`` (1, C, 1, 1). Only the pixels inside the boxes are hashed."""
+                  std: torch.Tensor, rows: Optional[torch.Tensor] = None, inplace: bool = False,
+                  inside: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Replace each box by random pixel values in 0..255 (``fill_values``), normalised with ``mean``/``std``
+    (1, C, 1, 1). ``rows``: the samples with a box, if known (saves a device sync); ``inplace``: write
+    into ``x`` (the Loader's own fresh batch) instead of a copy; ``inside``: ``box_inside`` of ``box[rows]``
+    if already computed."""
     n, c, h, w = x.shape
-    flat = box_mask(box, h, w).expand(n, c, h, w).reshape(-1).nonzero().squeeze(1)
-    sample, counter = flat // (c * h * w), flat % (c * h * w)
-    channel = counter // (h * w)
-    u = _keyed_uniforms(counter, key.to(torch.int64)[sample])
-    fill = (u * 255.0 - mean.reshape(-1)[channel]) / std.reshape(-1)[channel]
-    return x.reshape(-1).index_put((flat,), fill.to(x.dtype)).view_as(x)
+    if rows is None:
+        rows = (box[:, 2] > 0).nonzero().squeeze(1)
+    if len(rows) == 0:
+        return x if inplace else x.clone()  # always a batch the caller may overwrite
+    fill = fill_values(key.index_select(0, rows), c, h, w).to(x.dtype).sub_(mean).div_(std)
+    if inside is None:
+        inside = box_inside(box.index_select(0, rows), h, w, x.dtype)
+    erased = x.index_select(0, rows).lerp_(fill, inside)  # exact at weights 0 and 1
+    return (x if inplace else x.clone()).index_copy_(0, rows, erased)
 
 
-def apply_cutout(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Zero each box (0 after normalisation: the mean pixel)."""
-    return x.masked_fill(box_mask(box, x.shape[2], x.shape[3]), 0.0)
+def apply_cutout(x: torch.Tensor, box: torch.Tensor, inplace: bool = False,
+                 inside: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Zero each box (0 after normalisation: the mean pixel); ``inplace``: in ``x`` itself; ``inside``:
+    ``box_inside(box)`` if already computed. ``x - x * inside``: one op, exact (x - x = 0, x - 0 = x)."""
+    if inside is None:
+        inside = box_inside(box, x.shape[2], x.shape[3], x.dtype)
+    return x.addcmul_(x, inside, value=-1) if inplace else torch.addcmul(x, x, inside, value=-1)
 
 
 def apply_mixing(x: torch.Tensor, partner_pos: torch.Tensor, lam: torch.Tensor, kind: torch.Tensor,
-                 box: torch.Tensor) -> torch.Tensor:
-    """Mixup rows: ``lam x + (1 - lam) x[partner_pos]``; cutmix rows: the partner's pixels inside ``box``."""
+                 box: torch.Tensor, inside: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mixup rows: ``lam x + (1 - lam) x[partner_pos]``; cutmix rows: the partner's pixels inside ``box``
+    (``inside``: ``box_inside(box)`` if already computed; it must be 0 on rows that are not cutmix).
+
+    One ``torch.lerp(partner, x, weight)`` with a per-pixel weight: lam on mixup rows, 0 inside the cutmix
+    box and 1 elsewhere (lerp returns its ends exactly at weights 0 and 1)."""
     other = x.index_select(0, partner_pos)
-    lam4 = lam.to(x.dtype).view(-1, 1, 1, 1)
-    out = torch.where((kind == MIXUP).view(-1, 1, 1, 1), lam4 * x + (1 - lam4) * other, x)
-    cut = box_mask(box, x.shape[2], x.shape[3]) & (kind == CUTMIX).view(-1, 1, 1, 1)
-    return torch.where(cut, other, out)
+    keep = torch.where(kind == MIXUP, lam.to(x.dtype), torch.ones((), dtype=x.dtype, device=x.device))
+    if inside is None:
+        inside = box_inside(box * (kind == CUTMIX).view(-1, 1), x.shape[2], x.shape[3], x.dtype)
+    return torch.lerp(other, x, torch.addcmul(keep.view(-1, 1, 1, 1), keep.view(-1, 1, 1, 1), inside, value=-1))
 
 
 def mix_targets(labels: torch.Tensor, partner_pos: torch.Tensor, lam: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -269,22 +333,34 @@ class Augmenter:
         self.cfg, self.seed, self.res, self.num_classes = cfg, seed, res, num_classes
         self.mean, self.std = mean, std  # (1, C, 1, 1) on the 0..255 scale
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor, index: np.ndarray, start: int,
-                 epoch: int) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor, index: np.ndarray, start: int, epoch: int,
+                 inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """``inplace``: ``x`` may be overwritten (the Loader's own fresh batch)."""
         cfg, dev, view, targets = self.cfg, x.device, {}, None
+        host, boxes = {}, []  # the sampled entries (numpy), and the boxes whose masks are needed
         if cfg.mixing:
             pos = pair_positions(start, len(index))
-            s = sample_mixing(cfg, self.seed, epoch, index, index[pos], self.res)
-            view.update({k: torch.from_numpy(v).to(dev) for k, v in s.items()})
-            pos_t = torch.from_numpy(pos).to(dev)
-            x = apply_mixing(x, pos_t, view["mix_lam"], view["mix_kind"], view["mix_box"])
-            targets = mix_targets(labels, pos_t, view["mix_lam"], self.num_classes)
+            host.update(sample_mixing(cfg, self.seed, epoch, index, index[pos], self.res))
+            boxes.append(host["mix_box"] * (host["mix_kind"] == CUTMIX)[:, None])
         if cfg.erasing_p > 0:
-            s = sample_erasing(cfg, self.seed, epoch, index, self.res)
-            view.update({k: torch.from_numpy(v).to(dev) for k, v in s.items()})
-            x = apply_erasing(x, view["erase_box"], view["erase_key"], self.mean, self.std)
+            host.update(sample_erasing(cfg, self.seed, epoch, index, self.res))
+            erased = np.flatnonzero(host["erase_box"][:, 2] > 0)
+            boxes.append(host["erase_box"][erased])
         if cfg.cutout > 0 and cfg.cutout_p > 0:
-            box = sample_cutout(cfg, self.seed, epoch, index, self.res)["cutout_box"]
-            view["cutout_box"] = torch.from_numpy(box).to(dev)
-            x = apply_cutout(x, view["cutout_box"])
+            host.update(sample_cutout(cfg, self.seed, epoch, index, self.res))
+            boxes.append(host["cutout_box"])
+        view = {k: torch.from_numpy(v).to(dev) for k, v in host.items()}
+        # every mask of the batch in one call: (boxes, 1, H, W), split below in the order of ``boxes``
+        inside = box_inside(torch.from_numpy(np.concatenate(boxes)).to(dev), x.shape[2], x.shape[3], x.dtype)
+        parts = iter(inside.split([len(b) for b in boxes]))
+        if cfg.mixing:
+            pos_t = torch.from_numpy(pos).to(dev)
+            x = apply_mixing(x, pos_t, view["mix_lam"], view["mix_kind"], view["mix_box"], next(parts))
+            targets, inplace = mix_targets(labels, pos_t, view["mix_lam"], self.num_classes), True
+        if cfg.erasing_p > 0:
+            rows = torch.from_numpy(erased).to(dev)
+            x = apply_erasing(x, view["erase_box"], view["erase_key"], self.mean, self.std, rows, inplace, next(parts))
+            inplace = True
+        if cfg.cutout > 0 and cfg.cutout_p > 0:
+            x = apply_cutout(x, view["cutout_box"], inplace, next(parts))
         return x, targets, view

@@ -26,6 +26,7 @@ class BackendConfig:
     device: torch.device
     order: Callable[[int], np.ndarray]  # epoch -> dataset indices this rank visits, in order
     drop_last: bool
+    pad: int = 0  # the Loader's pad-and-crop padding (0: none); a backend that cuts views itself may use it
 
 
 class Backend:

@@ -57,7 +57,7 @@ class Loader:
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
         cls = BACKENDS.get(backend)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
-                            self.order, self.drop_last)
+                            self.order, self.drop_last, pad=self.policy.pad)
         cls.require("ffcv" if backend == "ffcv" else "dali", cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -73,24 +73,35 @@ class Loader:
     def __len__(self) -> int:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
+    def _raw(self, epoch: int) -> Iterator[tuple]:
+        """``(uint8 (N, S, S, 3) images or None, labels, index, index as a host array)`` per batch; None:
+        the backend cuts the pad-and-crop views itself (the memory backend's single gather)."""
+        if self.policy.kind == "pad_crop" and getattr(self.backend, "pad", 0) == self.policy.pad:
+            for labels, index, idx in self.backend.index_batches(epoch):
+                yield None, labels, index, idx
+            return
+        for images, labels, index in self.backend.iter_epoch(epoch):
+            yield images, labels, index, index.cpu().numpy()
+
     def epoch(self, epoch: int) -> Iterator[Batch]:
         start = 0  # position of the batch in the epoch order
-        for images, labels, index in self.backend.iter_epoch(epoch):
-            idx = index.cpu().numpy()
+        for images, labels, index, idx in self._raw(epoch):
             view = self.policy.sample(self.seed, epoch, idx)
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
-            if self.policy.train and self.policy.kind == "pad_crop":
+            if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
+                x = self.backend.crop(index, box[:, :2].long(), flip).float()
+            elif self.policy.train and self.policy.kind == "pad_crop":
                 x = pad_crop_flip(images, box, flip)  # exact integer gather, no interpolation
             else:
                 x = images.permute(0, 3, 1, 2).float()
                 if self.policy.kind == "rrc":
                     x = apply_views(x, box, flip, self.policy.out, self.policy.padding)
-            x = (x - self._mean) / self._std
+            x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None
             if self._augmenter is not None:
-                x, targets, extra = self._augmenter(x, labels, idx, start, epoch)
+                x, targets, extra = self._augmenter(x, labels, idx, start, epoch, inplace=True)
                 views.update(extra)
             start += len(idx)
             yield Batch(x.contiguous(), labels.clone(), index.clone(), views, epoch, targets)

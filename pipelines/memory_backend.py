@@ -6,8 +6,12 @@ every sample of the split once, at construction, with exactly the torch backend'
 (``torch_backend.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
 ``(N, S, S, 3)`` uint8 tensor on ``cfg.device`` (chunk by chunk through pinned host memory when that is
 a GPU, so the host never holds the whole split), plus the labels; it prints how long that took
-(also ``backend.decode_s``). An epoch is then only ``torch.index_select`` of each batch's indices on the device (no
-Python per-sample work); the Loader's vectorised views do the augmentation (the airbench approach).
+(also ``backend.decode_s``). An epoch is then no Python per-sample work: for the pad-and-crop
+views of small images (the Loader sets ``BackendConfig.pad``), the split is held channels-first inside
+its zero padding and, when twice that fits the limit, with a mirrored copy, so that a batch of views,
+crop and flip included, is one gather from the held split straight into (B, 3, S, S) (:meth:`crop`; the
+airbench approach); otherwise batches are ``torch.index_select`` of each batch's indices and the
+Loader's vectorised views do the rest.
 
 It needs neither ffcv nor DALI, only the conversion's shards (``--formats dali``). It refuses, with a
 UserError naming the size and the fix, a split whose decoded tensor exceeds its limit: by default 8 GiB
@@ -111,23 +115,68 @@ class MemoryBackend(Backend):
         t0 = time.perf_counter()
         split = cfg.data.split(cfg.split)
         reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])
-        n, side, dev = len(reader), int(cfg.base), cfg.device
-        self.nbytes = n * side * side * 3
+        n, side, dev, pad = len(reader), int(cfg.base), cfg.device, int(cfg.pad)
+        full = side + 2 * pad
+        self.pad, self.nbytes = pad, n * 3 * full * full
         limit, why = memory_limit(dev, self.limit_bytes)
         if limit is not None and self.nbytes > limit:
+            padded = f", zero-padded to {full}x{full} for pad-and-crop" if pad else ""
             raise UserError(
                 f"the memory backend would hold the {n} {cfg.split} images of {cfg.data.root} decoded at "
-                f"{side}x{side}x3 uint8, {format_bytes(self.nbytes)} on {dev}, over its limit of "
+                f"{side}x{side}x3 uint8{padded}, {format_bytes(self.nbytes)} on {dev}, over its limit of "
                 f"{format_bytes(limit)} ({why}); use another backend (--backend torch, dali or ffcv) or a smaller "
                 f"--res, or set {ENV_LIMIT} (e.g. {ENV_LIMIT}={-(-self.nbytes // (1 << 30)) + 1}G) if it fits")
-        self.images = torch.empty((n, side, side, 3), dtype=torch.uint8, device=dev)
+        # pad-and-crop (pad > 0): stored channels-first inside its zero padding, so that a batch of views is
+        # one gather straight into (B, 3, S, S), and, where there is room, with a mirrored copy that makes
+        # flipped views the same gather; ``images`` is always the (N, S, S, 3) view of the decoded pixels
+        mirror = pad > 0 and (limit is None or 2 * self.nbytes <= limit)
+        if pad:
+            store = torch.zeros((1 + mirror, n, 3, full, full), dtype=torch.uint8, device=dev)
+            self.images = store[0, :, :, pad : pad + side, pad : pad + side].permute(0, 2, 3, 1)
+        else:
+            self.images = torch.empty((n, side, side, 3), dtype=torch.uint8, device=dev)
         self._decode(reader, self.images, cfg.workers)
         self.labels = torch.from_numpy(np.ascontiguousarray(reader.table["label"], dtype=np.int64)).to(dev)
+        self._windows = self._mirror_windows = None
+        if pad:  # every crop of every image as a strided view (N, 3, 2p+1, 2p+1, S, S): no copy
+            self._windows = store[0].unfold(2, side, 1).unfold(3, side, 1)
+        if mirror:
+            for i in range(0, n, DECODE_CHUNK * 16):  # chunk by chunk: no third copy of the split
+                store[1, i : i + DECODE_CHUNK * 16] = store[0, i : i + DECODE_CHUNK * 16].flip(3)
+            self._mirror_windows = store.unfold(3, side, 1).unfold(4, side, 1)
+            self.nbytes *= 2
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.decode_s = time.perf_counter() - t0
         print(f"memory backend: {n} {cfg.split} images decoded at {side}x{side} into {format_bytes(self.nbytes)} "
               f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+
+    def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S): the images ``index`` (on the device) cropped at integer ``offset`` (B, 2)
+        ``(dx, dy)`` in [-pad, pad] (the pad-and-crop box's corner, zero fill outside the image) and
+        mirrored where ``flip``: exactly :func:`views.pad_crop_flip`, as one gather from the held split."""
+        if self._windows is None:
+            raise RuntimeError("MemoryBackend.crop needs BackendConfig.pad > 0")
+        dev, p = self.cfg.device, self.pad
+        off = offset.to(dev, non_blocking=True) + p
+        dx, dy, flip = off[:, 0], off[:, 1], flip.to(dev, non_blocking=True)
+        if self._mirror_windows is not None:  # a crop at dx of the mirrored image = the mirrored crop at 2p - dx
+            return self._mirror_windows[flip.long(), index, :, dy, torch.where(flip, 2 * p - dx, dx)]
+        out = self._windows[index, :, dy, dx]
+        out[flip] = out[flip].flip(3)
+        return out
+
+    def index_batches(self, epoch: int) -> Iterator[tuple]:
+        """``(labels, index on the device, index as a host array)`` of each batch of the epoch, no pixels:
+        the Loader cuts the views with :meth:`crop`. The host copy avoids a device sync per batch."""
+        order = self.cfg.order(epoch)
+        bs = self.cfg.batch_size
+        stop = len(order) - len(order) % bs if self.cfg.drop_last else len(order)
+        host = np.ascontiguousarray(order[:stop], dtype=np.int64)
+        index = torch.from_numpy(host).to(self.cfg.device)  # crosses to the device once per epoch
+        for i in range(0, stop, bs):
+            idx = index[i : i + bs]
+            yield torch.index_select(self.labels, 0, idx), idx, host[i : i + bs]
 
     @staticmethod
     def _decode(reader, out: torch.Tensor, workers: int) -> None:
@@ -154,11 +203,5 @@ class MemoryBackend(Backend):
         return num_batches(len(self.cfg.order(0)), self.cfg.batch_size, self.cfg.drop_last)
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
-        order = self.cfg.order(epoch)
-        bs = self.cfg.batch_size
-        stop = len(order) - len(order) % bs if self.cfg.drop_last else len(order)
-        # the epoch's indices cross to the device once; batches are slices of them
-        index = torch.from_numpy(np.ascontiguousarray(order[:stop], dtype=np.int64)).to(self.cfg.device)
-        for i in range(0, stop, bs):
-            idx = index[i : i + bs]
-            yield torch.index_select(self.images, 0, idx), torch.index_select(self.labels, 0, idx), idx
+        for labels, idx, _ in self.index_batches(epoch):
+            yield torch.index_select(self.images, 0, idx), labels, idx

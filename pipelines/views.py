@@ -13,6 +13,7 @@ Policies (chosen from the training resolution):
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, Sequence
@@ -25,10 +26,21 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+    """splitmix64's finaliser on a uint64 array (array arithmetic wraps mod 2**64 without warnings)."""
+    x = x ^ (x >> np.uint64(30))
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_key(seed: int, epoch: int) -> np.ndarray:
+    """The (seed, epoch) part of every stream's hash (a read-only uint64 array of one element)."""
+    key = _mix(np.array([seed], dtype=np.uint64) * _GOLDEN + _mix(np.array([epoch], dtype=np.uint64) + _GOLDEN))
+    key.flags.writeable = False
+    return key
 
 
 def uniforms(seed: int, epoch: int, index: np.ndarray, count: int, offset: int = 0) -> np.ndarray:
@@ -39,10 +51,8 @@ def uniforms(seed: int, epoch: int, index: np.ndarray, count: int, offset: int =
     ``augment.py`` streams 100 and above.
     """
     index = np.asarray(index, dtype=np.uint64).reshape(-1, 1)
-    with np.errstate(over="ignore"):
-        key = _mix(np.array([seed], dtype=np.uint64) * _GOLDEN + _mix(np.array([epoch], dtype=np.uint64) + _GOLDEN))
-        h = _mix(key ^ _mix(index + _GOLDEN))
-        streams = _mix(h + np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * _GOLDEN)
+    h = _mix(_epoch_key(seed, epoch) ^ _mix(index + _GOLDEN))
+    streams = _mix(h + np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * _GOLDEN)
     return (streams >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
@@ -61,6 +71,11 @@ class ViewPolicy:
         """grid_sample padding: zeros for pad-and-crop (torchvision's fill), border for RRC boxes."""
         return "zeros" if self.kind == "pad_crop" else "border"
 
+    @property
+    def pad(self) -> int:
+        """Pad-and-crop's padding (S/8, at least 1 px; the crop offsets lie in [-pad, pad]); 0 for RRC."""
+        return max(1, self.base // 8) if self.kind == "pad_crop" else 0
+
     @staticmethod
     def for_resolution(res: int, train: bool) -> "ViewPolicy":
         if res <= 64:
@@ -74,10 +89,11 @@ class ViewPolicy:
             side = s if self.kind == "pad_crop" else float(self.out)
             off = (s - side) / 2
             return {"box": np.tile([off, off, side, side], (n, 1)), "flip": np.zeros(n, dtype=bool)}
-        u = uniforms(seed, epoch, index, 41)  # flip, pad offsets / 10 RRC tries x (area, ratio, x, y)
+        # flip, then the pad offsets (streams 1, 2) or 10 RRC tries x (area, ratio, x, y) (streams 1..40)
+        u = uniforms(seed, epoch, index, 3 if self.kind == "pad_crop" else 41)
         flip = (u[:, 0] < 0.5) if self.flip else np.zeros(n, dtype=bool)
         if self.kind == "pad_crop":
-            pad = max(1, self.base // 8)
+            pad = self.pad
             dx = np.floor(u[:, 1] * (2 * pad + 1)) - pad
             dy = np.floor(u[:, 2] * (2 * pad + 1)) - pad
             return {"box": np.stack([dx, dy, np.full(n, s), np.full(n, s)], 1), "flip": flip}

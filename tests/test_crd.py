@@ -303,6 +303,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
         index = torch.tensor([[1, 7], [4, 0, 9]][rank])
         m({"embedding": s}, {"embedding": t}, None, index)
         torch.save({"state": m.state_dict(), "s": s, "t": t, "index": index}, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (a SIGABRT otherwise)
     finally:
         dist.destroy_process_group()
 

@@ -14,7 +14,7 @@ import torch
 from fastkd.converters.shards import ShardReader
 from fastkd.errors import UserError
 from conftest import release_loader
-from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted
+from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted, views
 from fastkd.pipelines.memory_backend import ENV_LIMIT, MemoryBackend, parse_bytes
 from fastkd.pipelines.order import batches, epoch_order
 from fastkd.pipelines.torch_backend import base_image
@@ -48,8 +48,9 @@ def test_same_indices_labels_and_pixels_as_the_torch_backend(pair, orl_data):
     memory, ref = pair
     assert isinstance(memory.backend, MemoryBackend)
     held = memory.backend.images
-    assert held.dtype == torch.uint8 and held.shape == (320, 32, 32, 3) and held.is_contiguous()
-    assert memory.backend.nbytes == 320 * 32 * 32 * 3 and memory.backend.decode_s > 0
+    assert held.dtype == torch.uint8 and held.shape == (320, 32, 32, 3)
+    # held channels-first in its 4 px zero padding, with a mirrored copy (room for it on this machine)
+    assert memory.backend.pad == 4 and memory.backend.nbytes == 2 * 320 * 3 * 40 * 40 and memory.backend.decode_s > 0
     table = np.load(open_converted(orl_data).path("dali/train/samples.npy"))
     for e in EPOCHS:
         images, labels, index, sizes = _raw(memory, e)
@@ -69,6 +70,35 @@ def test_same_indices_labels_and_pixels_as_the_torch_backend(pair, orl_data):
             assert torch.equal(a.view["box"], b.view["box"]) and torch.equal(a.view["flip"], b.view["flip"])
             assert a.images.dtype == torch.float32 and a.images.shape == (32, 3, 32, 32)
     assert not torch.equal(_raw(memory, 0)[2], _raw(memory, 1)[2])  # a new order each epoch
+
+
+@pytest.mark.parametrize("mirror", [True, False])
+def test_crop_is_exactly_pad_crop_flip(orl_data, make_loader, monkeypatch, mirror):
+    """The backend's single gather == views.pad_crop_flip of its base images, at every offset and flip,
+    with the mirrored copy and without it (a limit with room for one copy only)."""
+    if not mirror:
+        monkeypatch.setattr(MemoryBackend, "limit_bytes", 320 * 3 * 40 * 40 + 1)
+    loader = make_loader(orl_data, "train", backend="memory", batch_size=32, res=32, seed=1, workers=0)
+    backend = loader.backend
+    assert (backend._mirror_windows is not None) == mirror
+    assert backend.nbytes == (2 if mirror else 1) * 320 * 3 * 40 * 40
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 320, (200,), generator=g)
+    offset = torch.randint(-4, 5, (200, 2), generator=g)
+    offset[:4] = torch.tensor([[-4, -4], [4, 4], [-4, 4], [4, -4]])  # the corners: zero fill on two sides
+    flip = torch.rand(200, generator=g) < 0.5
+    got = backend.crop(index, offset, flip)
+    assert got.dtype == torch.uint8 and got.shape == (200, 3, 32, 32) and got.is_contiguous()
+    box = torch.cat([offset.float(), torch.full((200, 2), 32.0)], 1)
+    want = views.pad_crop_flip(backend.images[index], box, flip)
+    assert torch.equal(got.float(), want)
+    assert (got[0, :, :4, :4] == 0).all() and (got[1, :, -4:, -4:] == 0).all()
+    # and whole epochs through the Loader: the same batches as the generic path (index_select + pad_crop_flip)
+    generic = copy.copy(loader)
+    generic.backend = copy.copy(backend)
+    generic.backend.pad = 0  # the Loader then takes iter_epoch's uint8 batches
+    for a, b in zip(loader.epoch(3), generic.epoch(3), strict=True):
+        assert torch.equal(a.images, b.images) and torch.equal(a.index, b.index)
 
 
 def test_decode_does_not_depend_on_workers(pair, orl_data, make_loader):
@@ -128,13 +158,14 @@ def test_rgb_at_another_base_size(orl_data, make_loader):
 
 
 def test_memory_limit_refuses_with_the_size_and_the_fix(orl_data, monkeypatch):
-    monkeypatch.setenv(ENV_LIMIT, "512K")  # the split needs 320 * 32 * 32 * 3 = 960 KiB
+    monkeypatch.setenv(ENV_LIMIT, "512K")  # the split needs 320 * 3 * 40 * 40 = 1.5 MiB padded
     with pytest.raises(UserError) as info:
         Loader(orl_data, "train", backend="memory", batch_size=32, res=32, workers=0)
     msg = str(info.value)
-    for part in ("320 train images", "32x32x3", "960.0 KiB", "512.0 KiB", ENV_LIMIT, "--backend torch", "--res"):
+    for part in ("320 train images", "32x32x3", "zero-padded to 40x40", "1.5 MiB", "512.0 KiB", ENV_LIMIT,
+                 "--backend torch", "--res"):
         assert part in msg, (part, msg)
-    monkeypatch.setenv(ENV_LIMIT, "1M")
+    monkeypatch.setenv(ENV_LIMIT, "1M")  # the 80 test images need 375 KiB (750 KiB with the mirror)
     Loader(orl_data, "test", backend="memory", batch_size=32, res=32, workers=0)  # fits
     monkeypatch.delenv(ENV_LIMIT)
     monkeypatch.setattr(MemoryBackend, "limit_bytes", 1000)

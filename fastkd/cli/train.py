@@ -76,7 +76,7 @@ def _check_method_options(cfg) -> None:
 @click.option("--dropout", type=float, default=0.0, show_default=True, help="Dropout before the classifier.")
 @click.option("--zero-gamma", is_flag=True, help="Zero-init the last BN gamma of each residual block.")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
-              help="Mixed precision (autocast; fp16 uses a gradient scaler on CUDA).")
+              help="Mixed precision (autocast; fp16 adds a gradient scaler, saved in checkpoints).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--no-augment", "augment", flag_value=False, default=True,

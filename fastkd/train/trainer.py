@@ -73,7 +73,8 @@ class Trainer:
         global_batch = cfg.batch_size * self.dist.world
         self.sched = replace(cfg, lr=cfg.lr * global_batch / 256) if cfg.lr_scaling else cfg
         self.amp = tricks.amp_dtype(cfg.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 and self.device.type == "cuda" else None
+        # fp16 needs loss scaling (its gradients underflow); bf16 has float32's range and needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         self.model = torch.compile(self.student) if cfg.compile else self.student
         self.s_signals.model = self.model
         if self.dist.world > 1:
@@ -123,6 +124,7 @@ class Trainer:
             "mean": self.data.mean, "std": self.data.std, "classes": self.data.classes,
             "model": self.student.state_dict(), "methods": [m.state_dict() for m in self.methods],
             "optimizer": self.optimizer.state_dict(), "rng": checkpoint.rng_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.cfg.to_dict(), "history": self.history,
         }
 
@@ -138,6 +140,8 @@ class Trainer:
         for m, sd in zip(self.methods, state["methods"]):
             m.load_state_dict(sd)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])  # the loss scale and its growth counter
         checkpoint.set_rng_state(state["rng"])
         self.start_epoch, self.history = state["epoch"] + 1, list(state["history"])
 
