@@ -55,9 +55,10 @@ def test_fp16_scales_the_loss_and_resumes_exactly(orl_data, tmp_path, monkeypatc
     assert all(torch.equal(resumed["model"][k], state["model"][k]) for k in state["model"])
 
 
-def test_fp16_scaler_skips_steps_with_overflowing_gradients(orl_data, tmp_path):
+def test_fp16_scaler_skips_steps_with_overflowing_gradients(orl_data, tmp_path, capsys):
     tr = Trainer(_cfg(orl_data, tmp_path / "o", amp="fp16", epochs=1))
     assert isinstance(tr.scaler, torch.amp.GradScaler)
+    assert "--amp bf16" in capsys.readouterr().err  # fp16 on a CPU is slow: the user is told what to use
     tr.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)  # fp16 gradients overflow at this scale
     before = {k: v.clone() for k, v in tr.student.state_dict().items()}
     batch = next(iter(tr.train_loader.epoch(0)))
