@@ -153,10 +153,10 @@ def cutout_side(cfg: AugmentConfig, res: int) -> int:
 
 def _square(cx: np.ndarray, cy: np.ndarray, side: np.ndarray, res: int) -> np.ndarray:
     """``(x0, y0, w, h)`` of the ``side`` square whose centre pixel is (cx, cy), clipped to the image."""
-    x0, y0 = cx - side // 2, cy - side // 2
-    x1, y1 = np.clip(x0 + side, 0, res), np.clip(y0 + side, 0, res)
-    x0, y0 = np.clip(x0, 0, res), np.clip(y0, 0, res)
-    return np.stack([x0, y0, x1 - x0, y1 - y0], 1).astype(np.int64)
+    lo = np.stack([cx, cy], 1) - (side // 2)[:, None]  # (x0, y0); np.clip is several times slower
+    hi = np.minimum(lo + side[:, None], res)
+    lo = np.maximum(lo, 0)
+    return np.concatenate([lo, np.maximum(hi - lo, 0)], 1).astype(np.int64)
 
 
 def sample_cutout(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray, res: int) -> Dict[str, np.ndarray]:
