@@ -137,7 +137,7 @@ def sample_erasing(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray,
     todo = np.flatnonzero(u[:, 0] < cfg.erasing_p)  # erased if one of its tries fits
     first = 0
     while len(todo) and first < cfg.erasing_tries:
-        count = min(cfg.erasing_tries - first, ERASING_FIRST_TRIES if first == 0 else cfg.erasing_tries)
+        count = cfg.erasing_tries - first if first else min(ERASING_FIRST_TRIES, cfg.erasing_tries)
         x0, y0, w, h, fits = _erasing_tries(cfg, seed, epoch, index[todo], res, first, count)
         hit = fits.any(1)
         t = fits.argmax(1)[hit]  # the paper's loop stops at the first box that fits
@@ -335,13 +335,13 @@ class Augmenter:
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, index: np.ndarray, start: int, epoch: int,
                  inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        """``inplace``: ``x`` may be overwritten (the Loader's own fresh batch)."""
-        cfg, dev, view, targets = self.cfg, x.device, {}, None
+        """``inplace``: ``x`` may be overwritten (the Loader's own fresh batch); otherwise a copy is."""
+        cfg, dev, targets = self.cfg, x.device, None
         host, boxes = {}, []  # the sampled entries (numpy), and the boxes whose masks are needed
         if cfg.mixing:
             pos = pair_positions(start, len(index))
             host.update(sample_mixing(cfg, self.seed, epoch, index, index[pos], self.res))
-            boxes.append(host["mix_box"] * (host["mix_kind"] == CUTMIX)[:, None])
+            boxes.append(host["mix_box"])  # all zero on the rows that are not cutmix
         if cfg.erasing_p > 0:
             host.update(sample_erasing(cfg, self.seed, epoch, index, self.res))
             erased = np.flatnonzero(host["erase_box"][:, 2] > 0)
@@ -353,14 +353,15 @@ class Augmenter:
         # every mask of the batch in one call: (boxes, 1, H, W), split below in the order of ``boxes``
         inside = box_inside(torch.from_numpy(np.concatenate(boxes)).to(dev), x.shape[2], x.shape[3], x.dtype)
         parts = iter(inside.split([len(b) for b in boxes]))
+        if not inplace and not cfg.mixing:  # mixing writes a new batch; the other ops then work in place
+            x = x.clone()
         if cfg.mixing:
             pos_t = torch.from_numpy(pos).to(dev)
             x = apply_mixing(x, pos_t, view["mix_lam"], view["mix_kind"], view["mix_box"], next(parts))
-            targets, inplace = mix_targets(labels, pos_t, view["mix_lam"], self.num_classes), True
+            targets = mix_targets(labels, pos_t, view["mix_lam"], self.num_classes)
         if cfg.erasing_p > 0:
             rows = torch.from_numpy(erased).to(dev)
-            x = apply_erasing(x, view["erase_box"], view["erase_key"], self.mean, self.std, rows, inplace, next(parts))
-            inplace = True
+            x = apply_erasing(x, view["erase_box"], view["erase_key"], self.mean, self.std, rows, True, next(parts))
         if cfg.cutout > 0 and cfg.cutout_p > 0:
-            x = apply_cutout(x, view["cutout_box"], inplace, next(parts))
+            x = apply_cutout(x, view["cutout_box"], True, next(parts))
         return x, targets, view

@@ -34,6 +34,9 @@ class Backend:
 
     package: str = ""  # import name needed
     extra: str = ""  # pip extra that installs it
+    # > 0: the backend cuts the Loader's pad-and-crop views itself, for pads up to this, with
+    # ``index_batches(epoch)`` -> (labels, index, host index) and ``crop(index, offset, flip)`` (memory backend)
+    pad: int = 0
 
     def __init__(self, cfg: BackendConfig):
         self.cfg = cfg

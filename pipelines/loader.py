@@ -76,7 +76,7 @@ class Loader:
     def _raw(self, epoch: int) -> Iterator[tuple]:
         """``(uint8 (N, S, S, 3) images or None, labels, index, index as a host array)`` per batch; None:
         the backend cuts the pad-and-crop views itself (the memory backend's single gather)."""
-        if self.policy.kind == "pad_crop" and getattr(self.backend, "pad", 0) == self.policy.pad:
+        if self.policy.kind == "pad_crop" and self.backend.pad >= self.policy.pad:
             for labels, index, idx in self.backend.index_batches(epoch):
                 yield None, labels, index, idx
             return

@@ -19,6 +19,15 @@ def orl_data(tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def fake_orl(tmp_path_factory):
+    """(root, {(person, photo): uint8 (112, 92) pixels}) of a synthetic ORL tree (synthetic_orl.py)."""
+    from synthetic_orl import build
+
+    root = tmp_path_factory.mktemp("fake_orl") / "ORL_faces"
+    return str(root), build(root)
+
+
 @pytest.fixture(scope="session")
 def ffcv_train_loader(orl_data):
     """One FFCV loader for the whole session: each new FFCV Loader pays ~15 s of numba compilation."""

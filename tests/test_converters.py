@@ -13,50 +13,16 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from fastkd.converters import convert as convert_module
-from fastkd.converters.convert import ConvertOptions, convert
+from fastkd.converters.convert import convert
 from fastkd.converters.images import decode_bytes
 from fastkd.converters.manifest import checksum_tree
 from fastkd.converters.shards import ShardReader
 from fastkd.errors import UserError
 from fastkd.pipelines import open_converted
 
-PEOPLE, PHOTOS = 40, 10
-H, W = 112, 92
-SPLIT_KEYS = {
-    "train": [(p, k) for p in range(1, PEOPLE + 1) for k in range(1, 9)],
-    "test": [(p, k) for p in range(1, PEOPLE + 1) for k in (9, 10)],
-}
-
-
-def _opts(**kw) -> ConvertOptions:
-    kw.setdefault("progress", False)
-    kw.setdefault("formats", ("dali",))
-    return ConvertOptions(**kw)
-
-
-def _smooth_image(rng: np.random.Generator) -> np.ndarray:
-    """Random 14x12 grey noise upsampled to 92x112: distinct per draw, smooth enough for JPEG."""
-    low = rng.integers(0, 256, (14, 12), dtype=np.uint8)
-    return np.asarray(Image.fromarray(low).resize((W, H), Image.BILINEAR), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def fake_orl(tmp_path_factory):
-    """(root, {(person, photo): uint8 (112, 92) pixels}) of a synthetic ORL tree."""
-    root = tmp_path_factory.mktemp("fake_orl") / "ORL_faces"
-    rng = np.random.default_rng(1234)
-    pixels = {}
-    for p in range(1, PEOPLE + 1):
-        (root / f"s{p}").mkdir(parents=True)
-        for k in range(1, PHOTOS + 1):
-            img = _smooth_image(rng)
-            Image.fromarray(img).save(root / f"s{p}" / f"{k}.pgm")
-            pixels[(p, k)] = img
-    assert len({v.tobytes() for v in pixels.values()}) == PEOPLE * PHOTOS  # all distinct
-    return str(root), pixels
+from synthetic_orl import H, SPLIT_KEYS, W
+from synthetic_orl import convert_opts as _opts
 
 
 @pytest.fixture
@@ -219,98 +185,6 @@ def test_ffcv_conversion_is_deterministic(fake_orl, tmp_path):
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
     with open(tmp_path / "a" / "ffcv" / "train.beton", "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == a["checksums"]["ffcv/train.beton"]
-
-
-# --------------------------------------------------------------------------------------- atomicity
-
-
-class SimulatedCrash(RuntimeError):
-    pass
-
-
-def _crash_after(monkeypatch, n: int):
-    """Make the converter's shard writer raise on its (n+1)-th shard, as an interruption mid-conversion."""
-    original = convert_module.write_shard
-    calls = {"n": 0}
-
-    def write(*args, **kwargs):
-        if calls["n"] >= n:
-            raise SimulatedCrash("simulated interruption")
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(convert_module, "write_shard", write)
-    return calls
-
-
-def test_interrupted_conversion_leaves_nothing_converted(fake_orl, tmp_path, monkeypatch):
-    root, _ = fake_orl
-    out = str(tmp_path / "data")
-    calls = _crash_after(monkeypatch, 2)
-    with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(per_shard=100))
-    assert calls["n"] == 2
-    assert not os.path.exists(os.path.join(out, "manifest.json"))
-    assert not os.path.exists(out)
-    assert os.path.isdir(out + ".partial")  # the half-written work lives here only
-    with pytest.raises(UserError):
-        open_converted(out)
-    monkeypatch.undo()
-    manifest = convert("orl_faces", root, out, _opts())  # a second run succeeds and cleans up
-    assert manifest["splits"]["train"]["count"] == 320
-    assert not os.path.exists(out + ".partial")
-    assert open_converted(out).manifest == manifest
-
-
-def test_open_converted_names_the_interruption(fake_orl, tmp_path, monkeypatch):
-    root, _ = fake_orl
-    out = str(tmp_path / "data")
-    _crash_after(monkeypatch, 2)
-    with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(per_shard=100))
-    with pytest.raises(UserError, match="interrupted"):
-        open_converted(out)
-
-
-def test_interrupted_overwrite_keeps_the_old_conversion(fake_orl, tmp_path, monkeypatch):
-    root, _ = fake_orl
-    out = str(tmp_path / "data")
-    first = convert("orl_faces", root, out, _opts())
-    old_bytes = (tmp_path / "data" / "manifest.json").read_bytes()
-    _crash_after(monkeypatch, 3)
-    with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(overwrite=True, jpeg_quality=50, per_shard=100))
-    assert (tmp_path / "data" / "manifest.json").read_bytes() == old_bytes
-    assert checksum_tree(out) == first["checksums"]
-    assert open_converted(out).manifest["options"]["jpeg_quality"] == 90
-
-
-def test_interrupted_conversion_resumes_without_duplicates_or_gaps(fake_orl, tmp_path, monkeypatch):
-    root, _ = fake_orl
-    whole = convert("orl_faces", root, str(tmp_path / "whole"), _opts(per_shard=100))
-    out = str(tmp_path / "data")
-    _crash_after(monkeypatch, 2)  # train has 4 shards of <= 100: two finished, then the crash
-    with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(per_shard=100))
-    monkeypatch.undo()
-    calls = _crash_after(monkeypatch, 10**6)
-    resumed = convert("orl_faces", root, out, _opts(per_shard=100))
-    assert calls["n"] == 3  # train shards 3 and 4, then the test split's single shard
-    assert resumed == whole and checksum_tree(out) == whole["checksums"]
-    table = ShardReader(os.path.join(out, "dali", "train"), ["shard-00000.tar"]).table
-    assert len(table) == 320 and sorted(table["label"].tolist()) == sorted(np.repeat(np.arange(40), 8).tolist())
-
-
-def test_resume_with_other_options_starts_over(fake_orl, tmp_path, monkeypatch):
-    root, _ = fake_orl
-    out = str(tmp_path / "data")
-    _crash_after(monkeypatch, 2)
-    with pytest.raises(SimulatedCrash):
-        convert("orl_faces", root, out, _opts(per_shard=100))
-    monkeypatch.undo()
-    calls = _crash_after(monkeypatch, 10**6)
-    manifest = convert("orl_faces", root, out, _opts(per_shard=100, jpeg_quality=70))
-    assert calls["n"] == 5 and manifest["options"]["jpeg_quality"] == 70
 
 
 # --------------------------------------------------------------------------------------- bad input
