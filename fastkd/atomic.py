@@ -1,0 +1,44 @@
+"""Atomic file writes: a reader sees the previous complete file or the new complete file, never a torn one.
+
+Each writer fills a temporary file in the destination's folder (same file system, so the rename is atomic),
+flushes and fsyncs it, then ``os.replace``s it over the destination. On any error (disk full included) the
+temporary file is removed, the destination is left as it was, and the error propagates.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any, Callable, IO
+
+
+def _atomic_write(path: str, mode: str, fill: Callable[[IO], None]) -> None:
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer
+    try:
+        with open(tmp, mode) as f:
+            fill(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented JSON with a final newline."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_torch_save(path: str, obj: Any) -> None:
+    import torch
+
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
