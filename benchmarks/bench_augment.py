@@ -155,8 +155,8 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
                       out_json=None, progress: bool = True, synthetic=None, command=None) -> dict:
     import torchvision
 
+    from fastkd.atomic import atomic_write_json
     from fastkd.bench.loader import _consume, _extract_imagefolder, _measure, machine_info
-    from fastkd.converters.manifest import write_json_atomic
     from fastkd.pipelines import Loader, open_converted
     from fastkd.pipelines.views import ViewPolicy
 
@@ -247,7 +247,7 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
     print(format_result(result))
     if out_json:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        write_json_atomic(out_json, result)
+        atomic_write_json(out_json, result)
     return result
 
 

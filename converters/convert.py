@@ -1,8 +1,8 @@
 """Runs a conversion: official layout -> shards (+ DALI index), FFCV betons and manifest.
 
 Atomic: everything is written under ``<out>.partial`` and renamed to ``<out>`` only once the manifest
-(which lists checksums of every file) is complete, so an interrupted run never leaves a folder that
-looks converted. Resumable: shards are the unit of work; each finished shard leaves a ``.done.json``
+(which lists the size and checksum of every file, see ``fastkd.converted``) is complete, so an
+interrupted run never leaves a folder that looks converted. Resumable: shards are the unit of work; each finished shard leaves a ``.done.json``
 record, and a rerun with the same dataset, root and options skips finished shards, so nothing is
 duplicated or missed. Deterministic: the same inputs give byte-identical files.
 """
@@ -14,18 +14,19 @@ import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
 from fastkd import __version__
+from fastkd.atomic import atomic_write_json
+from fastkd.converted import MANIFEST, SAMPLES, ShardReader, shard_name, write_manifest
 from fastkd.errors import UserError
 
 from . import DATASETS
 from .ffcv_writer import write_beton
 from .images import CorruptImageError, channel_stats, encode_jpeg, encode_png, resize_max_side
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, checksum_tree, write_json_atomic
-from .shards import ShardReader, shard_name, write_shard, write_table
+from .shards import write_shard, write_table
 from .spec import DatasetSource, carve_val
 
 
@@ -105,7 +106,7 @@ def _convert_split(pool, source: DatasetSource, split: str, folder: str, opts: C
                 rows = write_shard(folder, k, ext, items)
                 rec = {"rows": rows, "skipped": skipped, "stats": [sums.tolist(), sq.tolist(), npix],
                        "sizes": sorted(list(s) for s in sizes)}
-                write_json_atomic(done[k], rec)
+                atomic_write_json(done[k], rec)
             next_index += len(rec["rows"])
             records.append(rec)
     rows = [r for rec in records for r in rec["rows"]]
@@ -133,7 +134,7 @@ def _prepare_partial(partial: str, fingerprint: dict, progress: bool) -> None:
             return
         shutil.rmtree(partial)
     os.makedirs(partial)
-    write_json_atomic(state, fingerprint)
+    atomic_write_json(state, fingerprint)
 
 
 def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -> dict:
@@ -167,7 +168,7 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
                 "max_width": int(table["width"].max()) if len(table) else 0,
                 "dali": {"shards": [f"dali/{split}/{s}" for s in shards],
                          "index_files": [f"dali/{split}/{s[:-4]}.idx" for s in shards],
-                         "samples": f"dali/{split}/samples.npy"},
+                         "samples": f"dali/{split}/{SAMPLES}"},
             }
             if "ffcv" in opts.formats:
                 os.makedirs(os.path.join(partial, "ffcv"), exist_ok=True)
@@ -176,9 +177,7 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
                 info["ffcv"] = f"ffcv/{split}.beton"
             splits[split] = info
     os.remove(os.path.join(partial, "resume.json"))
-    manifest = _manifest(source, root, storage, splits, train_stats, opts)
-    manifest["checksums"] = checksum_tree(partial)
-    write_json_atomic(os.path.join(partial, MANIFEST), manifest)
+    manifest = write_manifest(partial, _manifest(source, root, storage, splits, train_stats, opts))
     old = out + ".old"
     if os.path.exists(out):  # move the previous conversion aside first: a crash never leaves neither
         shutil.rmtree(old, ignore_errors=True)
@@ -194,8 +193,6 @@ def _manifest(source: DatasetSource, root, storage: str, splits: dict, train_sta
     std = np.sqrt(np.maximum(np.asarray(sq) / max(npix, 1) - mean * mean, 1e-12))
     spec = source.spec
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
         "fastkd_version": __version__,
         "dataset": spec.name,
         "source_root": os.path.abspath(root) if root else None,

@@ -17,7 +17,7 @@ from fastkd.errors import UserError
 from fastkd.threads import preserve_torch_threads
 
 from .images import decode_bytes
-from .shards import ShardReader
+from fastkd.converted import ShardReader
 
 
 class _Encoded:
@@ -54,14 +54,6 @@ class _ShardDataset:
         data = self.reader.payload(i)
         image = _Encoded(data, int(row["height"]), int(row["width"])) if self.storage == "jpg" else decode_bytes(data)
         return image, int(row["label"]), int(i)
-
-
-def ffcv_available() -> bool:
-    try:
-        import ffcv  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def write_beton(path: str, reader: ShardReader, storage: str, progress: bool = True) -> None:

@@ -3,8 +3,8 @@
 Each sample is two tar members, ``<key>.<jpg|png>`` and ``<key>.cls`` (the 0-based label as ASCII),
 where ``<key>`` is the 8-digit dataset index. Beside each shard, ``<shard>.idx`` is DALI's v1.2 index
 (the format of DALI's ``wds2idx``), so ``fn.readers.webdataset`` needs no indexing pass; ``samples.npy``
-records where every image lies (shard, byte offset, size, label, height, width) so that fastkd's
-torch and DALI backends can read any sample in any order without scanning the tar.
+records where every image lies (``fastkd.converted.SAMPLE_DTYPE``) so that fastkd's backends read any
+sample in any order without scanning the tar (``fastkd.converted.ShardReader``).
 Output is deterministic: fixed member order, mtime 0, uid/gid 0. Each shard is written under a
 temporary name and renamed when complete.
 """
@@ -17,14 +17,9 @@ from typing import Iterable, List, Tuple
 
 import numpy as np
 
-SAMPLE_DTYPE = np.dtype(
-    [("shard", "<u4"), ("offset", "<u8"), ("nbytes", "<u4"), ("label", "<i8"), ("height", "<u2"), ("width", "<u2")]
-)
+from fastkd.converted import SAMPLE_DTYPE, SAMPLES, shard_name
+
 Row = Tuple[int, int, int, int, int, int]
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:05d}.tar"
 
 
 def _padded(n: int) -> int:
@@ -61,30 +56,5 @@ def write_shard(folder: str, k: int, ext: str, samples: Iterable[Tuple[int, byte
 
 def write_table(folder: str, rows: List[Row]) -> np.ndarray:
     table = np.array([tuple(r) for r in rows], dtype=SAMPLE_DTYPE)
-    np.save(os.path.join(folder, "samples.npy"), table)
+    np.save(os.path.join(folder, SAMPLES), table)
     return table
-
-
-class ShardReader:
-    """Random access to the images of a split's shards through its sample table (memory-mapped)."""
-
-    def __init__(self, folder: str, shards: List[str]):
-        self.folder, self.shard_names = folder, shards
-        self.table = np.load(os.path.join(folder, "samples.npy"))
-        self._maps = None
-
-    def _mapped(self):
-        if self._maps is None:  # opened lazily so the reader pickles into worker processes
-            self._maps = [np.memmap(os.path.join(self.folder, s), dtype=np.uint8, mode="r") for s in self.shard_names]
-        return self._maps
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def payload(self, i: int) -> bytes:
-        row = self.table[i]
-        start = int(row["offset"])
-        return self._mapped()[int(row["shard"])][start : start + int(row["nbytes"])].tobytes()
-
-    def __getstate__(self):
-        return {"folder": self.folder, "shard_names": self.shard_names, "table": self.table, "_maps": None}

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from fastkd.converters.convert import ConvertOptions, convert
-from fastkd.pipelines.dataset import MANIFEST
+from fastkd.converted import MANIFEST
 from fastkd.report import format_table
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train

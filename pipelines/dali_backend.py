@@ -57,7 +57,7 @@ class DALIBackend(Backend):
         super().__init__(cfg)
         from nvidia.dali import fn, pipeline_def, types
 
-        from fastkd.converters.shards import ShardReader
+        from fastkd.converted import ShardReader
 
         split = cfg.data.split(cfg.split)
         reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])

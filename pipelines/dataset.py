@@ -1,15 +1,12 @@
-"""Opening a converted folder: reads and checks ``manifest.json`` (the converters' contract)."""
+"""A converted folder as the pipelines see it: its manifest's fields, checked on opening."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import List
 
+from fastkd.converted import check_sizes, read_manifest
 from fastkd.errors import UserError
-
-FORMAT = "fastkd-conversion"
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -57,25 +54,9 @@ class ConvertedData:
 
 
 def open_converted(root: str) -> ConvertedData:
-    """Open a folder written by `fastkd convert`; a one-line UserError for anything else."""
+    """Open a folder written by `fastkd convert`: format version and every file's size checked (a one-line
+    UserError for anything else; ``fastkd.converted``)."""
     root = os.path.abspath(root)
-    if os.path.isdir(root + ".partial") and not os.path.isfile(os.path.join(root, MANIFEST)):
-        raise UserError(f"--data {root} is an interrupted conversion (only {root}.partial exists); "
-                        "run the same `fastkd convert` again")
-    if not os.path.exists(root):
-        raise UserError(f"--data {root} does not exist; run `fastkd convert --dataset NAME --out {root}` first")
-    path = os.path.join(root, MANIFEST)
-    if not os.path.isfile(path):
-        raise UserError(f"--data {root} is not a fastkd conversion (no {MANIFEST}); "
-                        f"create one with `fastkd convert --dataset NAME --out {root}`")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); convert the dataset again")
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a fastkd manifest; convert the dataset with `fastkd convert`")
-    for rel in manifest.get("checksums", {}):
-        if not os.path.isfile(os.path.join(root, rel)):
-            raise UserError(f"{root} is incomplete: {rel} is missing; convert the dataset again")
-    return ConvertedData(os.path.abspath(root), manifest)
+    manifest = read_manifest(root)
+    check_sizes(root, manifest)
+    return ConvertedData(root, manifest)

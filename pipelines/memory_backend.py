@@ -110,7 +110,7 @@ class MemoryBackend(Backend):
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
-        from fastkd.converters.shards import ShardReader
+        from fastkd.converted import ShardReader
 
         t0 = time.perf_counter()
         split = cfg.data.split(cfg.split)

@@ -65,7 +65,7 @@ def _collate(items):
 class TorchBackend(Backend):
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
-        from fastkd.converters.shards import ShardReader
+        from fastkd.converted import ShardReader
 
         split = cfg.data.split(cfg.split)
         reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])

@@ -30,7 +30,7 @@ def write_image(path: str, image: np.ndarray, fmt: Optional[str] = None, quality
 def decoded_split(out: str, split: str) -> Dict[str, np.ndarray]:
     """Labels and decoded RGB images of a converted split, in dataset-index order (from the shards)."""
     from fastkd.converters.images import decode_bytes
-    from fastkd.converters.shards import ShardReader
+    from fastkd.converted import ShardReader
 
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     shards = [s.rsplit("/", 1)[1] for s in manifest["splits"][split]["dali"]["shards"]]

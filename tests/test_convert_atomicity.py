@@ -9,8 +9,8 @@ import pytest
 
 from fastkd.converters import convert as convert_module
 from fastkd.converters.convert import convert
-from fastkd.converters.manifest import checksum_tree
-from fastkd.converters.shards import ShardReader
+from fastkd.converted import checksum_tree
+from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from fastkd.pipelines import open_converted
 from synthetic_orl import convert_opts as _opts

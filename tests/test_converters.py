@@ -16,8 +16,8 @@ import pytest
 
 from fastkd.converters.convert import convert
 from fastkd.converters.images import decode_bytes
-from fastkd.converters.manifest import checksum_tree
-from fastkd.converters.shards import ShardReader
+from fastkd.converted import checksum_tree
+from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from fastkd.pipelines import open_converted
 

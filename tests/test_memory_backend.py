@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastkd.converters.shards import ShardReader
+from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from conftest import release_loader
 from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted, views

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastkd.converters.shards import ShardReader
+from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from conftest import release_loader
 from fastkd.pipelines import ConvertedData, Loader, open_converted

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from fastkd.converters.manifest import write_json_atomic
+from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
 
 BASELINE = "dataloader"
@@ -82,7 +82,7 @@ def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: 
 
 def _extract_imagefolder(data, split: str, root: str) -> None:
     """The split's stored bytes as ``root/<class>/<index>.<ext>`` (PIL decodes the same files)."""
-    from fastkd.converters.shards import ShardReader
+    from fastkd.converted import ShardReader
 
     reader = ShardReader(data.path(f"dali/{split}"), [s.rsplit("/", 1)[1] for s in data.split(split)["dali"]["shards"]])
     ext = "jpg" if data.storage == "jpg" else "png"
@@ -161,9 +161,9 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                            "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends)},
               "rows": rows}
     print(format_table(result))
-    if out_json:  # atomically: a .tmp file, then os.replace
+    if out_json:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        write_json_atomic(out_json, result)
+        atomic_write_json(out_json, result)
     return result
 
 
