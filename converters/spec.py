@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -49,20 +49,6 @@ class DatasetSource:
     class_order: str  # how label indices were assigned
     split_rule: str  # how the splits were formed
     extra: Dict[str, object] = field(default_factory=dict)  # recorded verbatim in the manifest
-
-
-def split_sizes(source: DatasetSource) -> Dict[str, int]:
-    return {name: len(split) for name, split in source.splits.items()}
-
-
-def check_labels(labels: Sequence[int], num_classes: int, where: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{where}: labels outside 0..{num_classes - 1}")
-    return labels
-
-
-Shape = Tuple[int, int]
 
 
 def carve_val(source: DatasetSource, fraction: float, seed: int) -> DatasetSource:
