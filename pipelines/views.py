@@ -22,23 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on a uint64 array (array arithmetic wraps mod 2**64 without warnings)."""
-    x = x ^ (x >> np.uint64(30))
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
+from fastkd.hashing import GOLDEN, mix64
 
 
 @functools.lru_cache(maxsize=64)
 def _epoch_key(seed: int, epoch: int) -> np.ndarray:
     """The (seed, epoch) part of every stream's hash (a read-only uint64 array of one element)."""
-    key = _mix(np.array([seed], dtype=np.uint64) * _GOLDEN + _mix(np.array([epoch], dtype=np.uint64) + _GOLDEN))
+    key = mix64(np.array([seed], dtype=np.uint64) * GOLDEN + mix64(np.array([epoch], dtype=np.uint64) + GOLDEN))
     key.flags.writeable = False
     return key
 
@@ -51,8 +41,8 @@ def uniforms(seed: int, epoch: int, index: np.ndarray, count: int, offset: int =
     ``augment.py`` streams 100 and above.
     """
     index = np.asarray(index, dtype=np.uint64).reshape(-1, 1)
-    h = _mix(_epoch_key(seed, epoch) ^ _mix(index + _GOLDEN))
-    streams = _mix(h + np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * _GOLDEN)
+    h = mix64(_epoch_key(seed, epoch) ^ mix64(index + GOLDEN))
+    streams = mix64(h + np.arange(offset + 1, offset + count + 1, dtype=np.uint64) * GOLDEN)
     return (streams >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 

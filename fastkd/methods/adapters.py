@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastkd.errors import UserError
+from fastkd.tap_names import COMMON_DEPTH, STAGE_TAPS
 
 #: The stage taps every model family has (``resnet32`` and SqueezeNet stop at ``stage3``).
-COMMON_STAGES: Tuple[str, ...] = ("stage1", "stage2", "stage3")
-STAGE_TAPS: Tuple[str, ...] = ("stage1", "stage2", "stage3", "stage4")
+COMMON_STAGES: Tuple[str, ...] = STAGE_TAPS[:COMMON_DEPTH]
 
 
 def stage_names(value: Union[str, Iterable[str]], option: str) -> Tuple[str, ...]:

@@ -12,28 +12,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastkd.errors import UserError
+from fastkd.hashing import hash_ints
+from fastkd.ranks import rank_world
 
 from . import register_method
 from .base import Method
 
 #: ``eps`` of the reference ``ContrastLoss`` (added to the denominators of the NCE posterior).
 NCE_EPS = 1e-7
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
 
 
 def stream_seed(seed: int, *keys: int) -> int:
     """A 63-bit generator seed that is a pure function of ``(seed, *keys)`` (splitmix64 chain)."""
-    h = _splitmix64(int(seed) & _MASK64)
-    for key in keys:
-        h = _splitmix64(h ^ (int(key) & _MASK64))
-    return h >> 1
+    return hash_ints(seed, *keys) >> 1
 
 
 _BANK_STREAM, _NEGATIVE_STREAM = 0x62616E6B, 0x6E6567  # "bank", "neg": separate streams of one seed
@@ -119,12 +110,6 @@ class Embed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.linear(x.flatten(1)), dim=1)
-
-
-def _world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _all_gather_rows(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -253,7 +238,7 @@ class CRD(Method):
                 raise UserError(f"crd: dataset indices outside [0, {n}); dataset_size must be the number of "
                                 f"samples in the training split")
             self._index_checked = True
-        rank, world = _world()
+        rank, world = rank_world()
         dev = self.memory_s.device
         no_autocast = (torch.autocast(dev.type, enabled=False) if dev.type in ("cuda", "cpu")
                        else contextlib.nullcontext())

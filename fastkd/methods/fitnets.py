@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from fastkd.errors import UserError
+from fastkd.tap_names import STAGE_TAPS
 
 from . import register_method
-from .adapters import STAGE_TAPS, ConvRegressor, check_map, match_spatial
+from .adapters import ConvRegressor, check_map, match_spatial
 from .base import Method
 
 

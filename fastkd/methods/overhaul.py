@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from fastkd.errors import UserError
-from fastkd.models.preact import STATS_SUFFIX
+from fastkd.ranks import mean_over_ranks
+from fastkd.tap_names import COMMON_DEPTH, PRE_TAPS, pre, stats
 
 from . import register_method
 from .adapters import check_map, match_spatial
 from .base import Method
 
-PRE_TAPS: Tuple[str, ...] = ("pre1", "pre2", "pre3", "pre4")
 #: The pre-activation taps every model family has (``resnet32`` and SqueezeNet stop at ``pre3``).
-COMMON_PRE: Tuple[str, ...] = ("pre1", "pre2", "pre3")
+COMMON_PRE: Tuple[str, ...] = PRE_TAPS[:COMMON_DEPTH]
 #: Below this probability of a negative response the margin is -3 std (the reference's guard).
 MIN_NEGATIVE_MASS = 1e-3
 
@@ -67,7 +67,7 @@ def pre_names(value: Union[str, Iterable[str]], option: str) -> Tuple[str, ...]:
         for prefix in ("pre", "stage"):
             if v.startswith(prefix):
                 v = v[len(prefix):]
-        names.append(f"pre{v}")
+        names.append(pre(v))
     bad = [n for n in names if n not in PRE_TAPS]
     if bad or not names:
         raise UserError(f"option {option}={value!r}: expected stages among {', '.join(PRE_TAPS)} "
@@ -76,20 +76,11 @@ def pre_names(value: Union[str, Iterable[str]], option: str) -> Tuple[str, ...]:
 
 
 def _needs(stages: Iterable[str]) -> frozenset:
-    return frozenset(n for s in stages for n in (s, s + STATS_SUFFIX))
+    return frozenset(n for s in stages for n in (s, stats(s)))
 
 
 def _forget_ready(module: "Overhaul", incompatible_keys) -> None:
     module._ready = None  # re-read margins_ready: a checkpoint brings its margins
-
-
-def _rank_mean(x: torch.Tensor) -> torch.Tensor:
-    """``x`` averaged over the ranks of a distributed run (identical BN-derived stats stay as they are)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x /= torch.distributed.get_world_size()
-    return x
 
 
 class Connector(nn.Sequential):
@@ -185,8 +176,8 @@ class Overhaul(Method):
             self._ready = bool(self.margins_ready)
         if not self._ready:
             for name in self.stages:
-                stats = _rank_mean(teacher[name + STATS_SUFFIX].detach().float())
-                getattr(self, f"margin_{name}").copy_(margin_from_stats(stats[0], stats[1]))
+                gauss = mean_over_ranks(teacher[stats(name)].detach().float())
+                getattr(self, f"margin_{name}").copy_(margin_from_stats(gauss[0], gauss[1]))
             self.margins_ready.fill_(True)
             self._ready = True
         return [getattr(self, f"margin_{name}") for name in self.stages]

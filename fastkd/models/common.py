@@ -13,6 +13,7 @@ from torch import nn
 import torch
 
 from ..registry import Registry
+from ..tap_names import is_valid
 
 MODELS: Registry = Registry("model")
 register_model = MODELS.register
@@ -24,9 +25,12 @@ NAME_ATTR = "fastkd_name"
 
 
 def attach_taps(model: nn.Module, taps: Dict[str, str]) -> nn.Module:
-    """Set ``model.fastkd_taps`` after checking every target is a real submodule."""
+    """Set ``model.fastkd_taps`` after checking every name is in the vocabulary and every target is a real
+    submodule (a failure is a bug in the zoo)."""
     for tap, target in taps.items():
-        model.get_submodule(target)  # raises AttributeError on a typo: a bug in the zoo
+        if not is_valid(tap):
+            raise ValueError(f"feature tap {tap!r} is not a name of fastkd.tap_names")
+        model.get_submodule(target)  # raises AttributeError on a typo
     setattr(model, TAPS_ATTR, dict(taps))
     return model
 

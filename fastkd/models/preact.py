@@ -35,10 +35,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..tap_names import PRE_TAPS, STATS_SUFFIX, split_stats
+
 #: Attribute holding ``{tap name: PreActTap}`` on every model built by the zoo.
 PREACT_ATTR = "fastkd_preact_taps"
-#: ``preK`` + this suffix names the tap with the Gaussian statistics of ``preK``.
-STATS_SUFFIX = "_stats"
 _READS = ("input", "output")
 _ACTIVATIONS = ("relu", "relu6", "identity")
 
@@ -67,7 +67,7 @@ class PreActTap:
 def attach_preact_taps(model: nn.Module, taps: Dict[str, PreActTap]) -> nn.Module:
     """Set ``model.fastkd_preact_taps`` after checking every source and BatchNorm is a real submodule."""
     for name, tap in taps.items():
-        if not tap.sources or tap.read not in _READS or tap.activation not in _ACTIVATIONS:
+        if name not in PRE_TAPS or not tap.sources or tap.read not in _READS or tap.activation not in _ACTIVATIONS:
             raise ValueError(f"pre-activation tap {name!r}: bad spec {tap}")
         for target in tap.sources:
             model.get_submodule(target)  # AttributeError on a typo: a bug in the zoo
@@ -88,13 +88,6 @@ def preact_tap_names(model: nn.Module) -> Dict[str, str]:
     for name, tap in preact_taps(model).items():
         out[name] = out[name + STATS_SUFFIX] = tap.module
     return out
-
-
-def split_stats(name: str) -> Tuple[str, bool]:
-    """``"pre2_stats"`` -> ``("pre2", True)``; ``"pre2"`` -> ``("pre2", False)``."""
-    if name.endswith(STATS_SUFFIX):
-        return name[: -len(STATS_SUFFIX)], True
-    return name, False
 
 
 def gaussian_stats(x: torch.Tensor, bn: Optional[nn.Module] = None) -> torch.Tensor:

@@ -6,7 +6,8 @@ Every model from :func:`fastkd.models.create_model` carries ``model.fastkd_taps`
 and ``embedding`` (the module whose output, pooled/flattened, is the penultimate feature
 vector fed to the classifier). ``logits`` is the model output itself, not a tap.
 Pre-activation taps ``pre1``.. / ``pre1_stats``.. (the input of each stage's final ReLU and its
-Gaussian statistics, :mod:`.preact`) are captured the same way by name.
+Gaussian statistics, :mod:`.preact`) are captured the same way by name. The names are defined in
+:mod:`fastkd.tap_names`; a malformed one is refused when the taps are attached.
 
 >>> with FeatureTaps(model, ["stage3", "embedding"]) as taps:
 ...     logits = model(x)
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..tap_names import EMBEDDING, LOGITS, check_names
 from .common import NAME_ATTR, TAPS_ATTR
 from .preact import preact_tap_names, register_preact_hooks
 
@@ -88,9 +90,10 @@ class FeatureTaps:
         elif isinstance(names, str):
             names = [names]
         self.names: List[str] = list(dict.fromkeys(names))
+        check_names(self.names, f"feature taps of {model_name(inner)}")
         for name in self.names:
             if name not in available:
-                hint = " ('logits' is the model output itself, not a tap)" if name == "logits" else ""
+                hint = f" ({LOGITS!r} is the model output itself, not a tap)" if name == LOGITS else ""
                 raise UserError(
                     f"unknown feature tap {name!r} for model {model_name(inner)}{hint};"
                     f" available taps: {', '.join(available)}"
@@ -116,7 +119,7 @@ class FeatureTaps:
     def _hook(self, tap_names: List[str]):
         def hook(module, args, output):
             for name in tap_names:
-                if name == "embedding" and self.pool_embedding:
+                if name == EMBEDDING and self.pool_embedding:
                     self.outputs[name] = pool_embedding(output)
                 else:
                     self.outputs[name] = output

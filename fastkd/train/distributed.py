@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 
 from fastkd.errors import UserError
+from fastkd.ranks import is_distributed
 
 
 @dataclass(frozen=True)
@@ -46,5 +47,5 @@ def resolve_device(name: str, d: Dist) -> torch.device:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.barrier()
