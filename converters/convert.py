@@ -131,6 +131,10 @@ def _prepare_partial(partial: str, fingerprint: dict, progress: bool) -> None:
         if same:
             if progress:
                 print(f"resuming the interrupted conversion in {partial}", file=sys.stderr)
+            for dirpath, _, names in os.walk(partial):  # what a killed writer left (atomic writes: *.tmp)
+                for name in names:
+                    if name.endswith(".tmp"):
+                        os.remove(os.path.join(dirpath, name))
             return
         shutil.rmtree(partial)
     os.makedirs(partial)

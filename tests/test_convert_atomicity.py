@@ -9,8 +9,7 @@ import pytest
 
 from fastkd.converters import convert as convert_module
 from fastkd.converters.convert import convert
-from fastkd.converted import checksum_tree
-from fastkd.converted import ShardReader
+from fastkd.converted import ShardReader, checksum_tree
 from fastkd.errors import UserError
 from fastkd.pipelines import open_converted
 from synthetic_orl import convert_opts as _opts
@@ -103,3 +102,20 @@ def test_resume_with_other_options_starts_over(fake_orl, tmp_path, monkeypatch):
     calls = _crash_after(monkeypatch, 10**6)
     manifest = convert("orl_faces", root, out, _opts(per_shard=100, jpeg_quality=70))
     assert calls["n"] == 5 and manifest["options"]["jpeg_quality"] == 70
+
+
+def test_resume_drops_what_a_killed_writer_left(fake_orl, tmp_path, monkeypatch):
+    """A SIGKILL mid-write leaves a temporary file; the resumed conversion must not list it as data."""
+    root, _ = fake_orl
+    whole = convert("orl_faces", root, str(tmp_path / "whole"), _opts(per_shard=100))
+    out = str(tmp_path / "data")
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(SimulatedCrash):
+        convert("orl_faces", root, out, _opts(per_shard=100))
+    monkeypatch.undo()
+    train = os.path.join(out + ".partial", "dali", "train")
+    for stale in ("shard-00002.tar.tmp", ".shard-00002.done.json.123.456.tmp"):
+        with open(os.path.join(train, stale), "wb") as f:
+            f.write(b"torn")
+    resumed = convert("orl_faces", root, out, _opts(per_shard=100))
+    assert resumed == whole and checksum_tree(out) == whole["checksums"]
