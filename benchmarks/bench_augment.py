@@ -156,7 +156,8 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
     import torchvision
 
     from fastkd.atomic import atomic_write_json
-    from fastkd.bench.loader import _consume, _extract_imagefolder, _measure, machine_info
+    from fastkd.bench.loader import _consume, _extract_imagefolder, _measure
+    from fastkd.bench.machine import machine_info
     from fastkd.pipelines import Loader, open_converted
     from fastkd.pipelines.views import ViewPolicy
 

@@ -17,18 +17,17 @@ speed-up: the 1-minute load average before and after is recorded. Results: a tab
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from importlib import metadata
 
 import numpy as np
 from PIL import Image
 
+from fastkd.atomic import atomic_write_json
+from fastkd.bench.machine import machine_info
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.errors import UserError
 
@@ -51,17 +50,6 @@ def build_tree(root: str, images: int, width: int, height: int, classes: int = 1
 
 def folder_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 1e6
-
-
-def machine_info() -> dict:
-    versions = {}
-    for dist in ("fastkd", "numpy", "pillow", "opencv-python", "ffcv", "tqdm"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "versions": versions}
 
 
 def format_table(result: dict) -> str:
@@ -151,10 +139,7 @@ def main(argv=None) -> int:
     }
     print(format_table(result))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp_out = args.out + ".tmp"
-    with open(tmp_out, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp_out, args.out)
+    atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Iterable, List, Tuple
 
 import numpy as np
 
+from fastkd.atomic import atomic_write_text
 from fastkd.converted import SAMPLE_DTYPE, SAMPLES, shard_name
 
 Row = Tuple[int, int, int, int, int, int]
@@ -48,8 +49,7 @@ def write_shard(folder: str, k: int, ext: str, samples: Iterable[Tuple[int, byte
             cls_off = add(f"{key}.cls", cls)
             lines.append(f"{ext} {img_off} {len(payload)} {key}.{ext} cls {cls_off} {len(cls)} {key}.cls")
             rows.append((k, img_off, len(payload), int(label), height, width))
-    with open(path[:-4] + ".idx", "w") as f:
-        f.write(f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
+    atomic_write_text(path[:-4] + ".idx", f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
     os.replace(tmp, path)
     return rows
 

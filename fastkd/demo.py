@@ -6,13 +6,13 @@ a table of test top-1, wall time and training images/s.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import replace
 
+from fastkd.atomic import atomic_write_json
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.converted import MANIFEST
 from fastkd.report import format_table
@@ -52,7 +52,6 @@ def run_demo(out: str, epochs: int = 30, backend: str = "torch", seed: int = 0, 
     result = {"dataset": "orl_faces", "split": "test (photos 9-10 of each of 40 people, 80 images)",
               "res": res, "epochs": epochs, "backend": backend, "seed": seed, "runs": summaries,
               "table": format_table(HEADERS, rows, markdown=True)}
-    with open(os.path.join(out, "demo.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(os.path.join(out, "demo.json"), result)
     print(format_table(HEADERS, rows))
     return result

@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 
+from fastkd.atomic import atomic_write_json, atomic_write_text
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train
 
@@ -25,7 +26,5 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
 def write_results(out: str, stem: str, result: dict) -> None:
     """``<stem>.json`` (everything) and ``<stem>.md`` (the Markdown table) in ``out``."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, f"{stem}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(out, f"{stem}.md"), "w") as f:
-        f.write(result["table"] + "\n")
+    atomic_write_json(os.path.join(out, f"{stem}.json"), result)
+    atomic_write_text(os.path.join(out, f"{stem}.md"), result["table"] + "\n")

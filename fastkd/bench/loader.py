@@ -7,10 +7,8 @@ the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -21,6 +19,7 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from fastkd.atomic import atomic_write_json
+from fastkd.bench.machine import machine_info
 from fastkd.errors import UserError
 
 BASELINE = "dataloader"
@@ -101,20 +100,6 @@ def baseline_transform(policy, mean, std):
     view = (T.RandomCrop(policy.out, padding=max(1, s // 8)) if policy.kind == "pad_crop"
             else T.RandomResizedCrop(policy.out, scale=tuple(policy.scale), ratio=tuple(policy.ratio)))
     return T.Compose([T.Resize(s), T.CenterCrop(s), view, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-
-
-def machine_info(device: torch.device) -> dict:
-    from importlib import metadata
-
-    cuda, versions = device.type == "cuda", {}
-    for dist in ("torchvision", "pillow", "ffcv", "numba"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[dist] = metadata.version(dist)
-    if "nvidia.dali" in sys.modules:  # its distribution's name depends on the CUDA version
-        versions["nvidia-dali"] = sys.modules["nvidia.dali"].__version__
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cuda": torch.version.cuda if cuda else None,
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "versions": versions}
 
 
 def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch"), split: str = "train",
