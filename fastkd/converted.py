@@ -98,7 +98,8 @@ def read_manifest(root: str) -> dict:
         raise UserError(f"{path} is not a fastkd manifest; convert the dataset with `fastkd convert`")
     found = manifest.get("format_version")
     if found != FORMAT_VERSION:
-        again = (f"`fastkd convert --dataset {manifest.get('dataset', 'NAME')} --root {manifest.get('source_root')} "
+        source = manifest.get("source_root")
+        again = (f"`fastkd convert --dataset {manifest.get('dataset', 'NAME')}{f' --root {source}' if source else ''} "
                  f"--out {root} --overwrite`")
         if isinstance(found, int) and found > FORMAT_VERSION:
             raise UserError(f"{root} was converted by a newer fastkd (format version {found}; this fastkd reads "
@@ -131,7 +132,7 @@ def verify(root: str, progress: bool = True) -> List[str]:
     bad = []
     with tqdm(total=sum(sizes.values()), desc=f"verify {os.path.basename(root)}", unit="B", unit_scale=True,
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
-        for rel, expected in manifest["checksums"].items():
+        for rel, expected in manifest.get("checksums", {}).items():
             path = os.path.join(root, rel)
             if not os.path.isfile(path):
                 bad.append(f"{rel}: missing")
