@@ -158,3 +158,33 @@ def test_backend_names_are_case_insensitive_and_read_their_own_format(orl_data):
         for name in names:
             with pytest.raises(UserError, match=f"without {fmt} files, which --backend {name} reads"):
                 Loader(missing, "train", backend=name.upper(), batch_size=8, res=32)
+
+
+def _commands(group, path=()):
+    import click
+
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, path + (name,))
+        else:
+            yield path + (name,), command
+
+
+def test_every_backend_option_lists_the_registered_backends_in_its_help():
+    from click.testing import CliRunner
+
+    from fastkd.cli import ablate, bench, cli, compare, convert, demo, listing, train  # noqa: F401  (commands)
+    from fastkd.cli.options import RegistryOption
+
+    checked = 0
+    for path, command in _commands(cli):
+        for option in command.params:
+            if not any(o.startswith("--backend") for o in getattr(option, "opts", [])):
+                continue
+            assert isinstance(option, RegistryOption), f"fastkd {' '.join(path)} {option.opts[0]}"
+            result = CliRunner().invoke(cli, [*path, "--help"], terminal_width=400)
+            assert result.exit_code == 0, result.output
+            line = next(li for li in result.output.splitlines() if option.opts[0] in li)
+            assert all(name in line for name in BACKENDS.names()), line
+            checked += 1
+    assert checked >= 2  # train and eval at least
