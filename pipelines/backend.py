@@ -51,14 +51,16 @@ class Backend:
         have = cfg.data.formats()
         if cls.reads not in have:
             able = " or ".join(n for n, b in BACKENDS.items() if b.reads in have)
-            raise UserError(f"{cfg.data.root} was converted without {cls.reads} files, which --backend {name} reads; "
-                            f"convert again with --formats {cls.reads}" + (f", or use --backend {able}" if able else ""))
+            instead = f", or use --backend {able}" if able else ""
+            raise UserError(f"{cfg.data.root} was converted without {cls.reads} files, which --backend {name} "
+                            f"reads; convert again with --formats {cls.reads}{instead}")
         if cls.package:
             try:
                 with preserve_torch_threads():  # importing ffcv resets torch's thread count
                     importlib.import_module(cls.package)
             except ImportError:
-                raise UserError(f"the {name} backend needs {cls.package}; install it with pip install 'fastkd[{cls.extra}]'")
+                raise UserError(f"the {name} backend needs {cls.package}; "
+                                f"install it with pip install 'fastkd[{cls.extra}]'")
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         raise NotImplementedError
