@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from fastkd.registry import Registry
+from fastkd.registry import Registry, import_modules
 
 from .spec import DatasetSource, DatasetSpec
 
@@ -30,15 +30,4 @@ def register_dataset(spec: DatasetSpec):
     return decorator
 
 
-def _register_all() -> None:
-    """Import every module of ``converters/datasets/``: each registers one dataset (one file each)."""
-    import importlib
-    import pkgutil
-
-    from . import datasets
-
-    for module in sorted(m.name for m in pkgutil.iter_modules(datasets.__path__)):
-        importlib.import_module(f"{datasets.__name__}.{module}")
-
-
-_register_all()
+import_modules(f"{__name__}.datasets")  # one file each, registered on import

@@ -1,6 +1,9 @@
-"""A small decorator registry shared by models, methods, datasets and pipeline backends."""
+"""A small decorator registry shared by models, methods, datasets and pipeline backends, and the package
+discovery that makes adding one a single new file: each package imports all of its modules on import."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable, Dict, Generic, List, TypeVar
 
 from .errors import UserError
@@ -52,3 +55,14 @@ class Registry(Generic[T]):
 
     def items(self):
         return self._items.items()
+
+
+def import_modules(package: str, suffix: str = "") -> List[str]:
+    """Import every module of ``package`` whose name ends with ``suffix``, in sorted order, so that each
+    registers its entries (registration order is then file-name order); returns the modules' full names."""
+    path = importlib.import_module(package).__path__
+    names = [f"{package}.{m.name}" for m in sorted(pkgutil.iter_modules(path), key=lambda m: m.name)
+             if m.name.endswith(suffix)]
+    for name in names:
+        importlib.import_module(name)
+    return names

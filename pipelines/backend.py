@@ -32,6 +32,7 @@ class BackendConfig:
 class Backend:
     """Decodes samples to ``S x S`` (shorter side to S, centre square) uint8 on ``device``."""
 
+    reads: str = ""  # the converted format it opens: "ffcv" (the .beton files) or "dali" (the shards); required
     package: str = ""  # import name needed
     extra: str = ""  # pip extra that installs it
     # > 0: the backend cuts the Loader's pad-and-crop views itself, for pads up to this, with
@@ -42,15 +43,24 @@ class Backend:
         self.cfg = cfg
 
     @classmethod
-    def require(cls, fmt: str, cfg: BackendConfig):
+    def require(cls, name: str, cfg: BackendConfig) -> None:
+        """Before building backend ``name`` (its registered name): the conversion must hold the files it
+        ``reads``, and its ``package`` must import; otherwise a UserError naming the fix."""
+        from . import BACKENDS
+
+        have = cfg.data.formats()
+        if cls.reads not in have:
+            able = " or ".join(n for n, b in BACKENDS.items() if b.reads in have)
+            instead = f", or use --backend {able}" if able else ""
+            raise UserError(f"{cfg.data.root} was converted without {cls.reads} files, which --backend {name} "
+                            f"reads; convert again with --formats {cls.reads}{instead}")
         if cls.package:
             try:
                 with preserve_torch_threads():  # importing ffcv resets torch's thread count
                     importlib.import_module(cls.package)
             except ImportError:
-                raise UserError(f"the {fmt} backend needs {cls.package}; install it with pip install 'fastkd[{cls.extra}]'")
-        if fmt not in cfg.data.formats():
-            raise UserError(f"{cfg.data.root} was converted without {fmt} files; convert again with --formats {fmt}")
+                raise UserError(f"the {name} backend needs {cls.package}; "
+                                f"install it with pip install 'fastkd[{cls.extra}]'")
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         raise NotImplementedError

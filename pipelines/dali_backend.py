@@ -51,7 +51,7 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 
 @register_backend("dali")
 class DALIBackend(Backend):
-    package, extra = "nvidia.dali", "dali"
+    reads, package, extra = "dali", "nvidia.dali", "dali"
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)

@@ -37,7 +37,7 @@ def _order_class():
 
 @register_backend("ffcv")
 class FFCVBackend(Backend):
-    package, extra = "ffcv", "ffcv"
+    reads, package, extra = "ffcv", "ffcv", "ffcv"
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)

@@ -55,10 +55,11 @@ class Loader:
             raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
                             f"need an even batch size; got {batch_size}")
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
-        cls = BACKENDS.get(backend)
+        name = BACKENDS.canonical(backend)
+        cls = BACKENDS.get(name)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
                             self.order, self.drop_last, pad=self.policy.pad)
-        cls.require("ffcv" if backend == "ffcv" else "dali", cfg)
+        cls.require(name, cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
         std = torch.tensor(self.data.std, device=self.device).view(1, 3, 1, 1) * 255

@@ -98,15 +98,8 @@ def memory_limit(device: torch.device, override: Optional[int] = None) -> tuple:
 class MemoryBackend(Backend):
     """``images``: uint8 (N, S, S, 3) and ``labels``: int64 (N,) of the whole split, on ``cfg.device``."""
 
+    reads = "dali"  # the shards
     limit_bytes: Optional[int] = None  # None: FASTKD_MEMORY_LIMIT, else the device's default (see module doc)
-
-    @classmethod
-    def require(cls, fmt: str, cfg: BackendConfig):
-        """Reads the shards of the ``dali`` format whatever ``fmt`` the caller names (the Loader asks
-        for "dali" for every backend but ffcv)."""
-        if "dali" not in cfg.data.formats():
-            raise UserError(f"the memory backend decodes the shards of {cfg.data.root}, which was converted "
-                            "without them; convert again with --formats dali (or use --backend ffcv)")
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)

@@ -63,6 +63,8 @@ def _collate(items):
 
 @register_backend("torch")
 class TorchBackend(Backend):
+    reads = "dali"  # the shards, decoded with PIL in DataLoader workers
+
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
         from fastkd.converted import ShardReader

@@ -17,11 +17,6 @@ from fastkd.models import (
     model_taps,
 )
 
-EXPECTED = [
-    "resnet32", "ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152", "mobilenet_v2",
-    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
-    "squeezenet1_0", "squeezenet1_1",
-]
 NUM_CLASSES = 10
 HIGH_RES = 224
 
@@ -65,10 +60,6 @@ def check_forward(model, size, batch):
     if linears:  # the embedding is exactly what the final linear classifier sees
         torch.testing.assert_close(linears[-1](emb), logits)
     return feats
-
-
-def test_registry_holds_the_zoo():
-    assert list_models() == EXPECTED
 
 
 def test_forward_low_res(pair):

@@ -1,8 +1,8 @@
-"""Pipelines: torch, DALI and FFCV backends deliver the same samples, in the same order, with the same views.
+"""Pipelines: every registered backend delivers the same samples, in the same order, with the same views.
 
-FFCV is only used through the session fixture ``ffcv_train_loader`` (batch 32, res 32, seed 3): each new
-FFCV Loader costs ~15 s of numba compilation. Its epochs are always consumed to the end, since other tests
-share it.
+Backends come from the registry (those whose package is installed). FFCV is only used through the session
+fixture ``ffcv_train_loader`` (batch 32, res 32, seed 3): each new FFCV Loader costs ~15 s of numba
+compilation. Its epochs are always consumed to the end, since other tests share it.
 """
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ import torch
 from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from conftest import release_loader
-from fastkd.pipelines import ConvertedData, Loader, open_converted
+from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted
 from fastkd.pipelines.order import batches, epoch_order, num_batches
 from fastkd.pipelines.torch_backend import base_image
 from fastkd.pipelines.views import apply_views
 
 SETTINGS = dict(batch_size=32, res=32, seed=3, workers=2)
 EPOCHS = (0, 1)
+SESSION_LOADERS = {"ffcv": "ffcv_train_loader"}  # backends built once per session (conftest.py), with SETTINGS
+PER_TEST = [name for name in BACKENDS.names() if name not in SESSION_LOADERS]  # cheap to build in a test
 
 
 def _has(module: str) -> bool:
@@ -36,6 +38,16 @@ def _has(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:
         return False
+
+
+def _available(backend: str) -> bool:
+    package = BACKENDS.get(backend).package
+    return not package or _has(package)
+
+
+def _require(backend: str) -> None:
+    if not _available(backend):
+        pytest.skip(f"backend {backend} needs {BACKENDS.get(backend).package}, which is not installed")
 
 
 def _collect(loader: Loader, epoch: int) -> dict:
@@ -54,29 +66,26 @@ def _collect(loader: Loader, epoch: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def torch_train(orl_data):
-    loader = Loader(orl_data, "train", backend="torch", **SETTINGS)
-    yield loader
-    release_loader(loader)
+def train_loaders(request, orl_data):
+    """{backend: train Loader with SETTINGS} for every registered backend whose package is installed."""
+    loaders = {name: request.getfixturevalue(SESSION_LOADERS[name]) if name in SESSION_LOADERS
+               else Loader(orl_data, "train", backend=name, **SETTINGS)
+               for name in BACKENDS.names() if _available(name)}
+    yield loaders
+    for name, loader in loaders.items():
+        if name not in SESSION_LOADERS:
+            release_loader(loader)
 
 
 @pytest.fixture(scope="module")
-def dali_train(orl_data):
-    pytest.importorskip("nvidia.dali")
-    loader = Loader(orl_data, "train", backend="dali", **SETTINGS)
-    yield loader
-    release_loader(loader)
+def torch_train(train_loaders):
+    return train_loaders["torch"]
 
 
 @pytest.fixture(scope="module")
-def epochs(request, torch_train):
+def epochs(train_loaders):
     """{backend: {epoch: collected batches}} for every backend available, epochs 0 and 1."""
-    loaders = {"torch": torch_train}
-    if _has("nvidia.dali"):
-        loaders["dali"] = request.getfixturevalue("dali_train")
-    if _has("ffcv"):
-        loaders["ffcv"] = request.getfixturevalue("ffcv_train_loader")
-    return {name: {e: _collect(loader, e) for e in EPOCHS} for name, loader in loaders.items()}
+    return {name: {e: _collect(loader, e) for e in EPOCHS} for name, loader in train_loaders.items()}
 
 
 def _grey_levels(data: ConvertedData) -> torch.Tensor:
@@ -178,10 +187,9 @@ def test_views_do_not_depend_on_batch_composition(epochs, orl_data, make_loader)
     assert torch.equal(got["images"], ref["images"])
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", PER_TEST)
 def test_drop_last_and_order_with_uneven_batches(orl_data, backend, make_loader):
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali")
+    _require(backend)
     loader = make_loader(orl_data, "train", backend=backend, batch_size=48, res=32, seed=5, workers=1)
     assert len(loader) == 320 // 48 == 6
     got = _collect(loader, 2)
@@ -191,11 +199,10 @@ def test_drop_last_and_order_with_uneven_batches(orl_data, backend, make_loader)
     assert len(np.unique(expected)) == 288
 
 
-def test_abandoned_epoch_does_not_leak_into_the_next(epochs, torch_train, request):
-    loaders = {"torch": torch_train}
-    if _has("nvidia.dali"):
-        loaders["dali"] = request.getfixturevalue("dali_train")
-    for name, loader in loaders.items():
+def test_abandoned_epoch_does_not_leak_into_the_next(epochs, train_loaders):
+    for name, loader in train_loaders.items():
+        if name in SESSION_LOADERS:  # shared with other tests: always consumed to the end
+            continue
         it = loader.epoch(0)
         for _ in range(2):
             next(it)
@@ -208,10 +215,9 @@ def test_abandoned_epoch_does_not_leak_into_the_next(epochs, torch_train, reques
 # ----------------------------------------------------------------------------------------------- eval
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
+@pytest.mark.parametrize("backend", PER_TEST)
 def test_eval_loader_is_sequential_and_unaugmented(orl_data, backend, make_loader):
-    if backend == "dali":
-        pytest.importorskip("nvidia.dali")
+    _require(backend)
     data = open_converted(orl_data)
     loader = make_loader(data, "test", backend=backend, batch_size=32, res=32, seed=3, workers=2, train=False)
     assert len(loader) == 3
@@ -264,13 +270,13 @@ def test_epoch_order_is_pure_and_shards_by_rank():
 # ---------------------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("backend,package,extra", [("dali", "nvidia.dali", "fastkd[dali]"),
-                                                   ("ffcv", "ffcv", "fastkd[ffcv]")])
-def test_missing_backend_package_names_the_extra(orl_data, monkeypatch, backend, package, extra):
+@pytest.mark.parametrize("backend", [name for name, cls in BACKENDS.items() if cls.package])
+def test_missing_backend_package_names_the_extra(orl_data, monkeypatch, backend):
+    package, extra = BACKENDS.get(backend).package, BACKENDS.get(backend).extra
     monkeypatch.setitem(sys.modules, package, None)  # makes `import package` raise ImportError
     with pytest.raises(UserError) as info:
         Loader(orl_data, "train", backend=backend, batch_size=8, res=32)
-    assert extra in str(info.value) and package in str(info.value)
+    assert f"fastkd[{extra}]" in str(info.value) and package in str(info.value)
 
 
 def test_format_missing_from_the_conversion(orl_data):
@@ -283,8 +289,9 @@ def test_format_missing_from_the_conversion(orl_data):
 
 
 def test_unknown_backend_and_split(orl_data):
-    with pytest.raises(UserError, match="torch"):
+    with pytest.raises(UserError) as info:
         Loader(orl_data, "train", backend="tensorflow", batch_size=8, res=32)
+    assert "tensorflow" in str(info.value) and all(name in str(info.value) for name in BACKENDS.names())
     with pytest.raises(UserError) as info:
         Loader(orl_data, "validation", backend="torch", batch_size=8, res=32)
     assert "validation" in str(info.value) and "train, test" in str(info.value)

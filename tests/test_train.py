@@ -141,7 +141,7 @@ def test_torchrun_two_processes_on_cpu(orl_data, tmp_path):
     import sys
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "fastkd", "train", "--data", orl_data, "--out", str(out), "--model", "shufflenet_v2_x0_5",
            "--epochs", "1", "--batch-size", "32", "--res", "32", "--workers", "0", "--device", "cpu", "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .options import backend_option
 
 
 @cli.command()
@@ -20,7 +21,7 @@ from . import cli
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--res", type=int, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", default="torch", show_default=True)
+@backend_option()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)

@@ -6,6 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
+from .options import RegistryOption
 
 
 @cli.group()
@@ -15,7 +16,8 @@ def bench():
 
 @bench.command()
 @click.option("--data", required=True, help="A folder written by `fastkd convert`.")
-@click.option("--backends", default="ffcv,dali,torch", show_default=True)
+@click.option("--backends", default="ffcv,dali,torch", show_default=True, cls=RegistryOption,
+              registry="fastkd.pipelines:BACKENDS", help="Comma list of backends to time.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True)

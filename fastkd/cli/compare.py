@@ -6,6 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
+from .options import backend_option
 
 
 @cli.command()
@@ -20,7 +21,7 @@ from . import cli
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
 @click.option("--res", type=int, default=None)
-@click.option("--backend", default="torch", show_default=True)
+@backend_option()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .options import backend_option
 
 
 @cli.command()
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the conversion and the runs.")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--backend", default="torch", show_default=True, help="ffcv, dali, torch or memory.")
+@backend_option()
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)

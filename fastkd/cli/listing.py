@@ -66,5 +66,6 @@ def _backends(_):
                 importlib.import_module(cls.package)
             except ImportError:
                 ok = False
-        rows.append([name, cls.package or "(torch only)", "yes" if ok else f"no: pip install 'fastkd[{cls.extra}]'"])
-    return ["backend", "needs", "available"], rows
+        rows.append([name, f"--formats {cls.reads}", cls.package or "(torch only)",
+                     "yes" if ok else f"no: pip install 'fastkd[{cls.extra}]'"])
+    return ["backend", "reads a conversion with", "needs", "available"], rows

@@ -9,6 +9,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
+from .options import backend_option
 
 
 def parse_method_options(items) -> dict:
@@ -91,8 +92,7 @@ def _check_method_options(cfg) -> None:
               help="CutMix Beta alpha (Yun et al. 2019: 1.0); with --mixup, each pair picks one at random.")
 @click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's). <=64 selects "
               "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
-@click.option("--backend", default="torch", show_default=True,
-              help="Data pipeline: ffcv, dali, torch, or memory (a whole small split as one tensor on the device).")
+@backend_option()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--eval-split", default=None, help="Split for top-1/top-5 (default: test, else val).")
@@ -123,7 +123,7 @@ def train(opts, milestones, resume, quiet, **kw):
 @click.option("--data", required=True, help="A folder written by `fastkd convert`.")
 @click.option("--checkpoint", required=True, help="A checkpoint.pt written by `fastkd train`.")
 @click.option("--split", default="test", show_default=True)
-@click.option("--backend", default="torch", show_default=True)
+@backend_option()
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -2,19 +2,20 @@
 
 The trainer owns the student and teacher forward passes and hands each method the signals it
 declared (``Method.needs``), which is what lets a teacher forward be replaced by a cache lookup.
-``--method kd+at`` combines registered methods by summing their weighted terms.
+``--method kd+at`` combines registered methods by summing their weighted terms. A new method is one new
+module here; every module of this package is imported below.
 """
 from __future__ import annotations
 
 from typing import Dict, List
 
-from fastkd.registry import Registry
+from fastkd.registry import Registry, import_modules
 
 METHODS: Registry = Registry("method")
 register_method = METHODS.register
 
 from .base import Method  # noqa: E402
-from . import ce, kd, l2, fitnets, pkt, rkd, at, dkd, overhaul, crd  # noqa: E402,F401  (register)
+import_modules(__name__)  # each method module registers itself on import
 
 
 def parse_methods(spec: str, options: Dict[str, Dict[str, object]] | None = None) -> List[Method]:

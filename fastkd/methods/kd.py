@@ -18,7 +18,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     The factor T^2 keeps the gradient magnitude of the soft term independent of T (paper, section 2).
     """
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
     return kl * temperature**2
 

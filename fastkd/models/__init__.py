@@ -7,8 +7,8 @@ Registered names (case-insensitive, so torchvision spellings such as ``resnet18`
 definitions (never with pretrained weights); ``low_res=True`` only swaps in a low-resolution
 stem for 32x32 / 64x64 inputs. Feature taps: see :mod:`.taps` and each family module.
 
-A new family is a module that decorates ``build(num_classes, low_res) -> nn.Module`` with
-``@register_model("Name")``, calls ``attach_taps`` and is imported below.
+A new family is one new module here that decorates ``build(num_classes, low_res) -> nn.Module`` with
+``@register_model("Name")`` and calls ``attach_taps``; every module of this package is imported below.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import List
 from torch import nn
 
 from ..errors import UserError
+from ..registry import import_modules
 from .common import MODELS, NAME_ATTR, TAPS_ATTR, attach_taps, register_model
 from .summary import ModelInfo, count_parameters, describe_models
 from .taps import FeatureTaps, model_taps
 
-# Family modules: imported for their @register_model side effect.
-from . import resnet_cifar, resnet, mobilenet, shufflenet, squeezenet  # noqa: E402,F401
+import_modules(__name__)  # the family modules register their models on import
 
 __all__ = [
     "MODELS",
