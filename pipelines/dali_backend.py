@@ -6,16 +6,14 @@ check it); fastkd feeds the pipeline itself because DALI's readers shuffle with 
 while fastkd's order and views must be pure functions of (seed, epoch, index) on every backend."""
 from __future__ import annotations
 
-import io
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
-from .decode import DECODE_ERRORS, failure, view_boxes
+from .decode import failure, first_failure, view_boxes
 from .order import batches
 
 
@@ -51,15 +49,8 @@ class _Feeder:
                 list(start.astype(np.float32)), list(end.astype(np.float32)))
 
     def culprit(self):
-        """The first sample fed this epoch that PIL cannot decode, or None (after a DALI decode error)."""
-        for b in self.batches[: self.fed]:
-            for i in b:
-                try:
-                    with Image.open(io.BytesIO(self.reader.payload(int(i)))) as im:
-                        im.load()
-                except DECODE_ERRORS as exc:
-                    return int(i), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return None
+        """``(index, reason)`` of the first sample fed this epoch that does not decode, or None."""
+        return first_failure(self.reader, (i for b in self.batches[: self.fed] for i in b))
 
 
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:

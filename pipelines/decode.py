@@ -99,6 +99,20 @@ def cut_view(data: bytes, box, out: int) -> np.ndarray:
         raise DecodeError(_reason(exc)) from None
 
 
+def first_failure(reader, indices) -> Optional[tuple]:
+    """``(index, reason)`` of the first of ``indices`` whose stored image PIL cannot decode, else None:
+    names the culprit after a batched decoder (DALI, nvJPEG) failed without saying which sample."""
+    for i in indices:
+        try:
+            with _open(reader.payload(int(i))) as im:
+                im.load()
+        except DECODE_ERRORS as exc:
+            return int(i), _reason(exc)
+        except DecodeError as exc:
+            return int(i), str(exc)
+    return None
+
+
 def sample_name(reader, split: str, i: int) -> str:
     """``sample 12 of split 'train' (/data/cars/dali/train/shard-00000.tar at byte 5632)``."""
     row = reader.table[int(i)]

@@ -3,10 +3,8 @@
 For mid-sized photo sets (Cars, Dogs, Flowers, Aircraft) trained with RandomResizedCrop: every image is
 decoded once (``decode.capped_image``: aspect kept, shorter side at most the policy's ``base``, the
 side torchvision's evaluation resizes to) into one flat uint8 buffer on the device, packed without
-padding. A batch of views is then, per sample, the box scaled to the held image's pixels, the whole
-pixels around it converted to float, and ``torchvision.ops.roi_align`` (``aligned=True``, adaptive
-sampling: each output pixel averages ceil(box / out) x ceil(box / out) bilinear samples, an area filter
-when shrinking) to ``res x res`` -- the same box the other backends cut, from fewer stored pixels.
+padding. A batch of views is then each box scaled to its held image's pixels and cut on the device
+(``device_views.cut_views``) -- the same boxes the other backends cut, from fewer stored pixels.
 """
 from __future__ import annotations
 
@@ -67,17 +65,9 @@ class HeldPhotos:
 
     def views(self, idx: np.ndarray, boxes: np.ndarray, out: int) -> torch.Tensor:
         """uint8 (B, out, out, 3): box ``boxes[k]`` (stored pixels) of image ``idx[k]``, resized to ``out``."""
-        from torchvision.ops import roi_align
+        from .device_views import cut_views
 
-        res = torch.empty((len(idx), 3, out, out), dtype=torch.float32, device=self.device)
-        for k, i in enumerate(np.asarray(idx, dtype=np.int64)):
-            h, w = self.shapes[i]
-            image = self.flat[self.offsets[i] : self.offsets[i + 1]].view(h, w, 3)
-            scale = np.array([w, h, w, h]) / np.concatenate([self.stored[i], self.stored[i]])
-            x0, y0, bw, bh = boxes[k] * scale
-            c0, r0 = int(np.floor(x0)), int(np.floor(y0))
-            c1, r1 = min(w, int(np.ceil(x0 + bw))), min(h, int(np.ceil(y0 + bh)))
-            window = image[r0:r1, c0:c1].permute(2, 0, 1).unsqueeze(0).float()
-            roi = torch.tensor([[0.0, x0 - c0, y0 - r0, x0 - c0 + bw, y0 - r0 + bh]], dtype=torch.float32, device=self.device)
-            res[k] = roi_align(window, roi, (out, out), 1.0, -1, aligned=True)[0]
-        return res.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        idx = np.asarray(idx, dtype=np.int64)
+        images = [self.flat[self.offsets[i] : self.offsets[i + 1]].view(*self.shapes[i], 3).permute(2, 0, 1) for i in idx]
+        scale = self.shapes[idx][:, ::-1] / self.stored[idx]  # held / stored, (x, y)
+        return cut_views(images, boxes * np.concatenate([scale, scale], 1), out)

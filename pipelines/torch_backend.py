@@ -4,14 +4,15 @@ workers deliver uint8 ``res x res`` views (RRC/centre) or ``S x S`` base squares
 Needs neither ffcv nor DALI."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
-from .decode import DecodeError, base_image, cut_view, failure, view_boxes
+from .decode import DecodeError, base_image, cut_view, failure, first_failure, view_boxes
+from .device_views import cut_views
 from .order import batches, num_batches
 
 
@@ -35,6 +36,20 @@ class _Samples(torch.utils.data.Dataset):
         except DecodeError as exc:
             return None, label, i, str(exc)
         return image, label, i, None
+
+
+class _Encoded(_Samples):
+    """Item ``(i, box)``: sample i's stored bytes, label, index and box, for decoding on the device."""
+
+    def __getitem__(self, item):
+        i, box = item
+        data = torch.from_numpy(np.frombuffer(self.reader.payload(i), dtype=np.uint8).copy())
+        return data, int(self.reader.table[i]["label"]), i, box
+
+
+def _collate_encoded(items):
+    return ([it[0] for it in items], torch.tensor([it[1] for it in items], dtype=torch.int64),
+            torch.tensor([it[2] for it in items], dtype=torch.int64), np.array([it[3] for it in items]))
 
 
 class _EpochBatches:
@@ -65,6 +80,13 @@ def _collate(items):
 
 @register_backend("torch")
 class TorchBackend(Backend):
+    """With ``--device cuda`` (RRC/centre views of JPEGs), workers only read the bytes: each batch is
+    decoded whole on the GPU (``torchvision.io.decode_jpeg``, nvJPEG) and its boxes cut there
+    (``device_views.cut_views``). ``on_device`` forces that path on or off (True on a CPU runs the same
+    code with torchvision's CPU decoder: how the tests check it without a GPU)."""
+
+    on_device: Optional[bool] = None  # None: on the device when it is a GPU
+
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
         from fastkd.converters.shards import ShardReader
@@ -73,16 +95,37 @@ class TorchBackend(Backend):
         reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])
         self.reader = reader
         self.sampler = _EpochBatches(cfg, reader.table)
-        out = cfg.policy.out if cfg.policy is not None else cfg.base
+        self.out = cfg.policy.out if cfg.policy is not None else cfg.base
+        rrc = cfg.policy is not None and cfg.policy.kind == "rrc" and cfg.data.storage == "jpg"
+        self.device_decode = rrc and (cfg.device.type == "cuda" if self.on_device is None else self.on_device)
+        dataset = (_Encoded if self.device_decode else _Samples)(reader, cfg.base, self.out)
         self.loader = torch.utils.data.DataLoader(
-            _Samples(reader, cfg.base, out), batch_sampler=self.sampler, num_workers=cfg.workers, collate_fn=_collate,
-            pin_memory=cfg.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            dataset, batch_sampler=self.sampler, num_workers=cfg.workers,
+            collate_fn=_collate_encoded if self.device_decode else _collate,
+            pin_memory=cfg.device.type == "cuda" and not self.device_decode, persistent_workers=cfg.workers > 0,
         )
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         self.sampler.epoch = epoch
         dev = self.cfg.device
+        if self.device_decode:
+            for data, labels, index, boxes in self.loader:
+                images = self._decode_on_device(data, index)
+                yield cut_views(images, boxes, self.out), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
+            return
         for images, labels, index, error in self.loader:
             if error is not None:
                 raise failure(self.reader, self.cfg.split, *error)
             yield images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
+
+    def _decode_on_device(self, data, index) -> list:
+        """uint8 (3, H, W) images of a batch, decoded on the device (one batched decode_jpeg call)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.cfg.device)
+        except RuntimeError as exc:  # name the first sample that does not decode
+            bad = first_failure(self.reader, index.tolist())
+            if bad is None:
+                raise
+            raise failure(self.reader, self.cfg.split, *bad) from exc

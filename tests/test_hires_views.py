@@ -17,7 +17,19 @@ from fastkd.pipelines.decode import cut_view, dct_scale
 from fastkd.pipelines.views import ViewPolicy
 
 SIZES = [(240, 400), (360, 240), (300, 300), (180, 520)]  # (height, width): wide, tall, square, 2.9:1
-BACKENDS = ["torch", "dali", "ffcv", "memory"]
+BACKENDS = ["torch", "torch-on-device", "dali", "ffcv", "memory"]  # torch-on-device: the --device cuda code on the CPU
+
+
+def _backend(name: str, monkeypatch) -> str:
+    """The Loader's backend name; skips when its package is missing; torch-on-device forces the GPU path."""
+    if name in ("dali", "ffcv"):
+        pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[name])
+    if name == "torch-on-device":
+        from fastkd.pipelines.torch_backend import TorchBackend
+
+        monkeypatch.setattr(TorchBackend, "on_device", True)
+        return "torch"
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +171,11 @@ def test_cut_view_matches_the_reference_at_every_dct_scale():
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_backend_cuts_the_same_view(photos, make_loader, backend, train):
+def test_every_backend_cuts_the_same_view(photos, make_loader, monkeypatch, backend, train):
     """Each sample's view (un-normalised, unflipped) vs the float reference of its box, in grey levels."""
-    if backend in ("dali", "ffcv"):
-        pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[backend])
-    loader = make_loader(photos, "train", backend=backend, batch_size=8, res=96, seed=4, workers=1, train=train)
+    loader = make_loader(photos, "train", backend=_backend(backend, monkeypatch), batch_size=8, res=96, seed=4,
+                         workers=1, train=train)
+    assert getattr(loader.backend, "device_decode", False) == (backend == "torch-on-device")
     batch = next(iter(loader.epoch(2)))
     reader = _reader(photos)
     got = batch.images * loader._std / 255 + loader._mean / 255  # un-normalise to grey levels
@@ -192,11 +204,10 @@ def _corrupt_sample(data: str, backend: str, i: int) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_corrupt_sample_is_named(photos, tmp_path, backend):
-    if backend in ("dali", "ffcv"):
-        pytest.importorskip({"dali": "nvidia.dali", "ffcv": "ffcv"}[backend])
+def test_a_corrupt_sample_is_named(photos, tmp_path, monkeypatch, backend):
     from fastkd.pipelines import Loader
 
+    backend = _backend(backend, monkeypatch)
     data = str(tmp_path / "conv")
     shutil.copytree(photos, data)
     _corrupt_sample(data, backend, 5)
