@@ -32,8 +32,8 @@ class BackendConfig:
 
 
 class Backend:
-    """Decodes samples to uint8 on ``device``: for an ``rrc`` policy each sample's view box (unflipped,
-    ``decode.view_boxes``) resized to ``res x res``; otherwise ``S x S`` base squares (shorter side to S,
+    """Decodes samples to uint8 on ``device``: for an ``rrc`` policy each sample's view (``decode.view_boxes``:
+    box resized to ``res x res``, then flipped); otherwise ``S x S`` base squares (shorter side to S,
     centre square) for the Loader's pad-and-crop."""
 
     package: str = ""  # import name needed

@@ -19,7 +19,8 @@ from .order import batches
 
 class _Feeder:
     """External source: batch ``i`` of the current epoch as (encoded images, labels, indices, window
-    anchor (x, y) and shape (w, h) in whole stored pixels, resize ROI start and end (y, x) in the window)."""
+    anchor (x, y) and shape (w, h) in whole stored pixels, resize ROI start and end (y, x) in the window,
+    horizontal flip flag)."""
 
     def __init__(self, reader, cfg: BackendConfig):
         self.reader, self.cfg, self.batches, self.epoch, self.fed = reader, cfg, [], 0, 0
@@ -38,15 +39,17 @@ class _Feeder:
         labels = [np.array(v, dtype=np.int64) for v in rows["label"]]
         index = [np.array(i, dtype=np.int64) for i in idx]
         box = view_boxes(self.cfg, self.epoch, idx, table)
-        if box is None:  # the centre square of the whole image
+        if box is None:  # the centre square of the whole image, unflipped
             h, w = rows["height"].astype(np.float64), rows["width"].astype(np.float64)
             m = np.minimum(h, w)
-            box = np.stack([(w - m) / 2, (h - m) / 2, m, m], 1)
+            box = np.stack([(w - m) / 2, (h - m) / 2, m, m, 0 * m], 1)
+        flip = list(box[:, 4].astype(np.int32))
+        box = box[:, :4]
         lo = np.floor(box[:, :2])
         hi = np.minimum(np.ceil(box[:, :2] + box[:, 2:]), np.stack([rows["width"], rows["height"]], 1))
         start, end = box[:, 1::-1] - lo[:, ::-1], box[:, 1::-1] + box[:, :1:-1] - lo[:, ::-1]
         return (images, labels, index, list(lo.astype(np.int32)), list((hi - lo).astype(np.int32)),
-                list(start.astype(np.float32)), list(end.astype(np.float32)))
+                list(start.astype(np.float32)), list(end.astype(np.float32)), flip)
 
     def culprit(self):
         """``(index, reason)`` of the first sample fed this epoch that does not decode, or None."""
@@ -81,12 +84,14 @@ class DALIBackend(Backend):
         @pipeline_def(batch_size=cfg.batch_size, num_threads=max(1, cfg.workers),
                       device_id=(cfg.device.index or 0) if gpu else None, prefetch_queue_depth=2)
         def pipe():
-            encoded, labels, index, anchor, shape, roi_start, roi_end = fn.external_source(
-                self.feeder, num_outputs=7, batch=True, batch_info=True,
-                dtype=[types.UINT8, types.INT64, types.INT64, types.INT32, types.INT32, types.FLOAT, types.FLOAT])
+            encoded, labels, index, anchor, shape, roi_start, roi_end, flip = fn.external_source(
+                self.feeder, num_outputs=8, batch=True, batch_info=True,
+                dtype=[types.UINT8, types.INT64, types.INT64, types.INT32, types.INT32, types.FLOAT, types.FLOAT,
+                       types.INT32])
             images = fn.decoders.image_slice(encoded, anchor, shape, device="mixed" if gpu else "cpu",
                                              output_type=types.RGB, axis_names="WH", adjust_orientation=False)
             images = fn.resize(images, size=(side, side), roi_start=roi_start, roi_end=roi_end, antialias=True)
+            images = fn.flip(images, horizontal=flip, vertical=0)
             return images, labels, index
 
         self.pipe = pipe()

@@ -81,9 +81,11 @@ def dct_scale(box, out: int) -> int:
     return next((k for k in (8, 4, 2) if s >= k), 1)
 
 
-def cut_view(data: bytes, box, out: int) -> np.ndarray:
-    """uint8 (out, out, 3): stored image ``data`` cropped to ``box`` (x0, y0, w, h) and resized to ``out``."""
-    x0, y0, bw, bh = (float(v) for v in box)
+def cut_view(data: bytes, view, out: int) -> np.ndarray:
+    """uint8 (out, out, 3): stored image ``data`` cropped to ``view[:4]`` (x0, y0, w, h), resized to ``out``,
+    mirrored when ``view[4]`` (a :func:`view_boxes` row) is set."""
+    x0, y0, bw, bh = (float(v) for v in view[:4])
+    flip = len(view) > 4 and bool(view[4])
     try:
         with _open(data) as im:
             wid, hgt = im.size
@@ -94,6 +96,8 @@ def cut_view(data: bytes, box, out: int) -> np.ndarray:
             k = float(round(wid / rw))  # the DCT scale actually applied: size = ceil(stored / k)
             crop = (x0 / k, y0 / k, min((x0 + bw) / k, rw), min((y0 + bh) / k, rh))
             im = im.resize((out, out), Image.BILINEAR, box=crop)  # antialiased: the filter widens when shrinking
+            if flip:
+                im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             return np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
     except DECODE_ERRORS as exc:
         raise DecodeError(_reason(exc)) from None
@@ -132,8 +136,11 @@ def stored_sizes(table, idx) -> np.ndarray:
 
 
 def view_boxes(cfg, epoch: int, idx, table) -> Optional[np.ndarray]:
-    """The RRC/centre boxes the Loader will report for ``idx``; None for pad-and-crop (base images)."""
+    """(n, 5) rows ``(x0, y0, w, h, flip)``: the RRC/centre views the Loader reports for ``idx``, which the
+    backend cuts (flip included, so the training process does no per-pixel work but normalising);
+    None for pad-and-crop (base images)."""
     policy = cfg.policy
     if policy is None or policy.kind != "rrc":
         return None
-    return policy.sample(cfg.seed, epoch, np.asarray(idx), stored_sizes(table, idx))["box"]
+    view = policy.sample(cfg.seed, epoch, np.asarray(idx), stored_sizes(table, idx))
+    return np.concatenate([view["box"], view["flip"][:, None]], 1)

@@ -18,10 +18,10 @@ MCU = 16  # the largest JPEG MCU side (4:2:0): every crop origin on this grid is
 
 
 def window(boxes: np.ndarray, sizes: np.ndarray, out: int, raw: bool = False) -> np.ndarray:
-    """int64 (n, 9) per box: MCU-aligned window (x, y, w, h) in stored pixels, DCT scale s, then the box
-    in the window's scaled pixels as (row0, row1, col0, col1), each at least one pixel. ``raw`` (pixels
-    stored uncompressed): the window is the whole image at scale 1."""
-    x0, y0, bw, bh = boxes.T
+    """int64 (n, 10) per ``decode.view_boxes`` row: MCU-aligned window (x, y, w, h) in stored pixels, DCT
+    scale s, the box in the window's scaled pixels as (row0, row1, col0, col1), each at least one pixel,
+    and the flip flag. ``raw`` (pixels stored uncompressed): the window is the whole image at scale 1."""
+    x0, y0, bw, bh, flip = boxes.T
     wid, hgt = sizes[:, 0], sizes[:, 1]
     small = np.minimum(bw, bh)
     s = np.select([small >= 8 * out, small >= 4 * out, small >= 2 * out], [8, 4, 2], 1)  # decode.dct_scale
@@ -34,12 +34,12 @@ def window(boxes: np.ndarray, sizes: np.ndarray, out: int, raw: bool = False) ->
     c0 = np.clip(np.round((x0 - wx) / s), 0, dw - 1)
     r1 = np.clip(np.round((y0 + bh - wy) / s), r0 + 1, dh)
     c1 = np.clip(np.round((x0 + bw - wx) / s), c0 + 1, dw)
-    return np.stack([wx, wy, ww, wh, s, r0, r1, c0, c1], 1).astype(np.int64)
+    return np.stack([wx, wy, ww, wh, s, r0, r1, c0, c1, flip], 1).astype(np.int64)
 
 
 def view_decoder(boxes_of, failed):
     """An FFCV decoder (a ``ResizedCropRGBImageDecoder`` with its own code) for ``res x res`` views.
-    ``boxes_of(batch_indices)`` -> int64 (n, 9) rows of :func:`window`; ``failed(batch_indices, status)``
+    ``boxes_of(batch_indices)`` -> int64 (n, 10) rows of :func:`window`; ``failed(batch_indices, status)``
     is called with libjpeg-turbo's status of every sample when one is not 0."""
     from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
     from ffcv.libffcv import imdecode, resize_crop
@@ -68,7 +68,7 @@ def view_decoder(boxes_of, failed):
                     field = metadata[batch_indices[k]]
                     data = mem_read(field["data_ptr"], storage_state)
                     height, width = np.uint32(field["height"]), np.uint32(field["width"])
-                    wx, wy, ww, wh, s, r0, r1, c0, c1 = win[k]
+                    wx, wy, ww, wh, s, r0, r1, c0, c1, flip = win[k]
                     if field["mode"] == jpg:
                         crop = wx != 0 or wy != 0 or ww != width or wh != height
                         dw, dh = (ww + s - 1) // s, (wh + s - 1) // s
@@ -78,6 +78,8 @@ def view_decoder(boxes_of, failed):
                     else:  # raw pixels: the window is the whole image (window(raw=True))
                         image = data.reshape(height, width, 3)
                     resize_crop_c(image, r0, r1, c0, c1, destination[k])
+                    if flip:
+                        destination[k] = destination[k][:, ::-1].copy()
                 if status.any():
                     with objmode():
                         failed(batch_indices, status)

@@ -78,8 +78,8 @@ class Loader:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
     def _raw(self, epoch: int) -> Iterator[tuple]:
-        """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) unflipped
-        views for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
+        """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
+        (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
         views itself (the memory backend's single gather)."""
         if self.policy.kind == "pad_crop" and self.backend.pad >= self.policy.pad:
             for labels, index, idx in self.backend.index_batches(epoch):
@@ -101,8 +101,6 @@ class Loader:
                 x = pad_crop_flip(images, box, flip)  # exact integer gather, no interpolation
             else:
                 x = images.permute(0, 3, 1, 2).float()
-                if self.policy.kind == "rrc":  # the backend cut the boxes while decoding; flip here
-                    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
             x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None

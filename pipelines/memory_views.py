@@ -64,10 +64,10 @@ class HeldPhotos:
                 i += 1
 
     def views(self, idx: np.ndarray, boxes: np.ndarray, out: int) -> torch.Tensor:
-        """uint8 (B, out, out, 3): box ``boxes[k]`` (stored pixels) of image ``idx[k]``, resized to ``out``."""
+        """uint8 (B, out, out, 3): view ``boxes[k]`` (``decode.view_boxes`` row, stored pixels) of image ``idx[k]``."""
         from .device_views import cut_views
 
         idx = np.asarray(idx, dtype=np.int64)
         images = [self.flat[self.offsets[i] : self.offsets[i + 1]].view(*self.shapes[i], 3).permute(2, 0, 1) for i in idx]
         scale = self.shapes[idx][:, ::-1] / self.stored[idx]  # held / stored, (x, y)
-        return cut_views(images, boxes * np.concatenate([scale, scale], 1), out)
+        return cut_views(images, boxes * np.concatenate([scale, scale, np.ones((len(idx), 1))], 1), out)
