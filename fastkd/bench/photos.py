@@ -47,12 +47,12 @@ def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progres
     return root
 
 
-def converted_photo_set(folder: str, n: int, progress: bool = True) -> str:
+def converted_photo_set(folder: str, n: int, progress: bool = True, val_fraction: float = 0.0) -> str:
     """``write_photo_set`` into ``folder/src``, converted (both formats, stored as is: 640 px is under the
-    imagefolder default --max-side) to ``folder/photos``; returns the converted folder."""
+    imagefolder default --max-side; ``val_fraction`` > 0 carves a val split) to ``folder/photos``."""
     from fastkd.converters.convert import ConvertOptions, convert
 
     src, out = os.path.join(folder, "src"), os.path.join(folder, "photos")
     write_photo_set(src, n, progress=progress)
-    convert("imagefolder", src, out, ConvertOptions(progress=progress))
+    convert("imagefolder", src, out, ConvertOptions(progress=progress, val_fraction=val_fraction))
     return out
