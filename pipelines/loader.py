@@ -77,6 +77,12 @@ class Loader:
     def __len__(self) -> int:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
+    def views_of(self, epoch: int, idx) -> Dict[str, np.ndarray]:
+        """The crop box and flip of samples ``idx`` in ``epoch`` (what ``Batch.view`` reports): a pure
+        function of (seed, epoch, index) and, for RandomResizedCrop, each image's stored size."""
+        sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
+        return self.policy.sample(self.seed, epoch, idx, sizes)
+
     def _raw(self, epoch: int) -> Iterator[tuple]:
         """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
         (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
@@ -91,8 +97,7 @@ class Loader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         start = 0  # position of the batch in the epoch order
         for images, labels, index, idx in self._raw(epoch):
-            sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
-            view = self.policy.sample(self.seed, epoch, idx, sizes)
+            view = self.views_of(epoch, idx)
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
             if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split

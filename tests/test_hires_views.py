@@ -217,3 +217,14 @@ def test_a_corrupt_sample_is_named(photos, tmp_path, monkeypatch, backend):
             pass
     msg = str(err.value)
     assert "\n" not in msg and "sample 5 of split 'train'" in msg and "shard-00000.tar" in msg, msg
+
+
+def test_views_replay_from_seed_epoch_index(photos, make_loader):
+    """What a teacher-output cache relies on: Loader.views_of(epoch, idx) of another loader (other batch
+    size, eval split setting aside) gives each batch's boxes and flips after the fact."""
+    loader = make_loader(photos, "train", backend="torch", batch_size=8, res=96, seed=4, workers=0)
+    other = make_loader(photos, "train", backend="torch", batch_size=5, res=96, seed=4, workers=0)
+    for batch in loader.epoch(1):
+        view = other.views_of(1, batch.index.numpy())
+        np.testing.assert_array_equal(view["box"].astype(np.float32), batch.view["box"].numpy())
+        np.testing.assert_array_equal(view["flip"], batch.view["flip"].numpy())
