@@ -25,8 +25,8 @@ class Batch:
     labels: torch.Tensor  # int64 (N,)
     index: torch.Tensor  # int64 (N,) dataset index of each sample in its split
     view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) (x0, y0, w, h) in stored-image pixels
-    # (pad-and-crop: base pixels), flip (N,), and the
-    # augmentation's entries (augment.py): mix_partner, mix_lam, mix_kind, mix_box; erase_box, erase_key; cutout_box
+    # (pad-and-crop: base pixels), flip (N,), and the augmentation's entries (augment.py): mix_partner, mix_lam,
+    # mix_kind, mix_box; erase_box, erase_key; cutout_box
     epoch: int
     targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
 

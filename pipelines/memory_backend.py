@@ -142,7 +142,7 @@ class MemoryBackend(Backend):
             self.images = store[0, :, :, pad : pad + side, pad : pad + side].permute(0, 2, 3, 1)
         else:
             self.images = torch.empty((n, side, side, 3), dtype=torch.uint8, device=dev)
-        self._decode(reader, self.images, cfg.workers)
+        self._decode(reader, self.images, cfg.workers, cfg.split)
         self._windows = self._mirror_windows = None
         if pad:  # every crop of every image as a strided view (N, 3, 2p+1, 2p+1, S, S): no copy
             self._windows = store[0].unfold(2, side, 1).unfold(3, side, 1)
@@ -205,18 +205,23 @@ class MemoryBackend(Backend):
             yield torch.index_select(self.labels, 0, idx), idx, host[i : i + bs]
 
     @staticmethod
-    def _decode(reader, out: torch.Tensor, workers: int) -> None:
-        """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel."""
+    def _decode(reader, out: torch.Tensor, workers: int, split: str) -> None:
+        """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel; a
+        sample that does not decode stops it with a UserError naming the sample."""
+        from .decode import failure
         from .torch_backend import _Samples
 
-        def collate(items):
-            return np.stack([it[0] for it in items]), items[0][2]
+        def collate(items):  # _Samples items: (image or None, label, index, decode error or None)
+            bad = next(((it[2], it[3]) for it in items if it[3] is not None), None)
+            return (None if bad else np.stack([it[0] for it in items])), items[0][2], bad
 
         side = out.shape[1]
         loader = torch.utils.data.DataLoader(_Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
                                              num_workers=workers, collate_fn=collate)
         done, cuda = 0, out.device.type == "cuda"
-        for images, start in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+        for images, start, bad in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+            if bad is not None:
+                raise failure(reader, split, *bad)
             assert start == done, (start, done)
             chunk = torch.from_numpy(images)
             if cuda:  # through pinned host memory, overlapping the copy with the next chunk's decode

@@ -228,3 +228,16 @@ def test_views_replay_from_seed_epoch_index(photos, make_loader):
         view = other.views_of(1, batch.index.numpy())
         np.testing.assert_array_equal(view["box"].astype(np.float32), batch.view["box"].numpy())
         np.testing.assert_array_equal(view["flip"], batch.view["flip"].numpy())
+
+
+@pytest.mark.parametrize("backend", ["torch", "memory"])
+def test_a_corrupt_sample_is_named_at_low_resolution(photos, tmp_path, backend):
+    """The pad-and-crop path (base squares decoded in workers) names the sample too."""
+    from fastkd.pipelines import Loader
+
+    data = str(tmp_path / "conv")
+    shutil.copytree(photos, data)
+    _corrupt_sample(data, backend, 3)
+    with pytest.raises(UserError, match=r"sample 3 of split 'train' \(.*shard-00000.tar at byte \d+\)"):
+        for _ in Loader(data, "train", backend=backend, batch_size=8, res=32, workers=1).epoch(0):
+            pass

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import torch
 
 MEAN_TOL, P99_TOL = 4.0, 32.0  # grey levels between two paths (each is within ~2.8 / 20 of a float reference)

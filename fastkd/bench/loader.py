@@ -140,7 +140,7 @@ def machine_info(device: torch.device) -> dict:
             "device": str(device), "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "versions": versions}
 
 
-def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch", "memory"), split: str = "train",
+def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch"), split: str = "train",
                      batch_size: int = 64, workers: int = 2, res: Optional[int] = None, epochs: int = 3,
                      warmup_epochs: int = 1, device="cpu", out_json: Optional[str] = None,
                      progress: bool = True) -> dict:

@@ -17,7 +17,8 @@ def bench():
 @click.option("--data", default=None, help="A folder written by `fastkd convert` (default: --photos generated photos).")
 @click.option("--photos", type=click.IntRange(16), default=1000, show_default=True,
               help="Without --data: generate this many 360-640 px JPEG photos and convert them first.")
-@click.option("--backends", default="ffcv,dali,torch,memory", show_default=True)
+@click.option("--backends", default="ffcv,dali,torch", show_default=True,
+              help="Comma list; add memory for the memory backend (photos: built for a GPU, slow on a CPU).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
