@@ -66,7 +66,7 @@ def capped_image(data: bytes, short: int) -> np.ndarray:
                 return np.array(im.convert("RGB"), dtype=np.uint8)
             size = (max(1, round(wid * short / m)), max(1, round(hgt * short / m)))
             box = (0, 0, wid, hgt)
-            s = dct_scale((0, 0, m, m), short)
+            s = int(dct_scale((0, 0, m, m), short))
             if s > 1:
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (wid // s, hgt // s))
                 box = (0, 0) + im.size
@@ -75,10 +75,11 @@ def capped_image(data: bytes, short: int) -> np.ndarray:
         raise DecodeError(_reason(exc)) from None
 
 
-def dct_scale(box, out: int) -> int:
-    """The largest s in (8, 4, 2, 1) with ``box / s`` still at least ``out`` pixels a side."""
-    s = min(box[2], box[3]) / out
-    return next((k for k in (8, 4, 2) if s >= k), 1)
+def dct_scale(box, out: int) -> np.ndarray:
+    """The largest s in (8, 4, 2, 1) with ``box / s`` still at least ``out`` pixels a side, for one box
+    ``(x0, y0, w, h, ...)`` or an (n, 4+) array of them (int64, shape ``box.shape[:-1]``)."""
+    side = np.minimum(np.asarray(box, dtype=np.float64)[..., 2], np.asarray(box, dtype=np.float64)[..., 3]) / out
+    return np.select([side >= 8, side >= 4, side >= 2], [8, 4, 2], 1).astype(np.int64)
 
 
 def cut_view(data: bytes, view, out: int) -> np.ndarray:
@@ -89,7 +90,7 @@ def cut_view(data: bytes, view, out: int) -> np.ndarray:
     try:
         with _open(data) as im:
             wid, hgt = im.size
-            s = dct_scale((x0, y0, bw, bh), out)
+            s = int(dct_scale((x0, y0, bw, bh), out))
             if s > 1:  # libjpeg-turbo scaled decoding (PIL picks the largest s' with size // request >= s'); PNG: no-op
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (wid // s, hgt // s))
             rw, rh = im.size

@@ -21,10 +21,11 @@ def window(boxes: np.ndarray, sizes: np.ndarray, out: int, raw: bool = False) ->
     """int64 (n, 10) per ``decode.view_boxes`` row: MCU-aligned window (x, y, w, h) in stored pixels, DCT
     scale s, the box in the window's scaled pixels as (row0, row1, col0, col1), each at least one pixel,
     and the flip flag. ``raw`` (pixels stored uncompressed): the window is the whole image at scale 1."""
+    from .decode import dct_scale
+
     x0, y0, bw, bh, flip = boxes.T
     wid, hgt = sizes[:, 0], sizes[:, 1]
-    small = np.minimum(bw, bh)
-    s = np.select([small >= 8 * out, small >= 4 * out, small >= 2 * out], [8, 4, 2], 1)  # decode.dct_scale
+    s = dct_scale(boxes, out)
     wx, wy = np.floor(x0 / MCU) * MCU, np.floor(y0 / MCU) * MCU
     ww, wh = np.minimum(wid, np.ceil(x0 + bw)) - wx, np.minimum(hgt, np.ceil(y0 + bh)) - wy
     if raw:
