@@ -5,7 +5,7 @@
 For small images (CIFAR, MNIST, ImageNet32, Tiny-ImageNet) decoding is the whole cost of a loader, and
 the decoded split is small (CIFAR-10 train at 32: 50,000 x 32 x 32 x 3 = 147 MiB). This backend decodes
 every sample of the split once, at construction, with exactly the torch backend's decode path
-(``torch_backend.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
+(``decode.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
 ``(N, S, S, 3)`` uint8 tensor on ``cfg.device`` (chunk by chunk through pinned host memory when that is
 a GPU, so the host never holds the whole split), plus the labels; it prints how long that took
 (also ``backend.decode_s``). An epoch is then no Python per-sample work: for the pad-and-crop
