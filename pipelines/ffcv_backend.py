@@ -1,5 +1,6 @@
-"""FFCV backend: reads ``ffcv/<split>.beton``; decoding (centre square, resize) runs in FFCV's compiled
-pipeline, in fastkd's epoch order (a custom TraversalOrder), so it yields the same samples as the
+"""FFCV backend: reads ``ffcv/<split>.beton``; decoding runs in FFCV's compiled pipeline: each view
+box cut while decoding by fastkd's own decoder (``ffcv_views.py``) for RandomResizedCrop/centre views,
+FFCV's centre-square decoder for pad-and-crop base images; in fastkd's epoch order (a custom TraversalOrder), so it yields the same samples as the
 other backends. One FFCV Loader is built per backend and reused every epoch: its numba compilation
 (10-15 s on a CPU) is paid once."""
 from __future__ import annotations
@@ -13,6 +14,8 @@ from fastkd.threads import preserve_torch_threads
 
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
+from .decode import failure, stored_sizes, view_boxes
+from .ffcv_views import view_decoder, window
 
 
 def _order_class():
@@ -50,6 +53,12 @@ class FFCVBackend(Backend):
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
 
         dev = cfg.device
+        self.epoch, self.failure = 0, None
+        self.table = np.load(cfg.data.path(cfg.data.split(cfg.split)["dali"]["samples"]))
+        if cfg.policy is not None and cfg.policy.kind == "rrc":
+            decoder = view_decoder(self._windows, self._failed)((cfg.policy.out, cfg.policy.out))
+        else:
+            decoder = CenterCropRGBImageDecoder((cfg.base, cfg.base), ratio=1.0)
 
         def to_dev(ops):
             return ops + [ToDevice(dev, non_blocking=True)] if dev.type == "cuda" else ops
@@ -62,17 +71,34 @@ class FFCVBackend(Backend):
             drop_last=cfg.drop_last,
             os_cache=True,
             pipelines={
-                "image": to_dev([CenterCropRGBImageDecoder((cfg.base, cfg.base), ratio=1.0), ToTensor()]),
+                "image": to_dev([decoder, ToTensor()]),
                 "label": to_dev([IntDecoder(), ToTensor(), Squeeze(-1)]),
                 "index": to_dev([IntDecoder(), ToTensor(), Squeeze(-1)]),
             },
         )
 
+    def _windows(self, batch_indices) -> np.ndarray:
+        """Called from the compiled decoder once per batch: the decode windows of the epoch's views."""
+        idx = np.asarray(batch_indices, dtype=np.int64)
+        boxes = view_boxes(self.cfg, self.epoch, idx, self.table)
+        return window(boxes, stored_sizes(self.table, idx), self.cfg.policy.out, self.cfg.data.storage != "jpg")
+
+    def _failed(self, batch_indices, status) -> None:
+        bad = int(np.asarray(batch_indices)[np.flatnonzero(np.asarray(status))[0]])
+        self.failure = self.failure or (bad, "libjpeg-turbo could not decode it")
+
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
-        self.loader.next_epoch = epoch
+        self.loader.next_epoch = self.epoch = epoch
+        self.failure = None
         with preserve_torch_threads():
             batches = iter(self.loader)
         for images, labels, index in batches:
+            if self.failure is not None:
+                batches.close()
+                raise failure(self._reader(), self.cfg.split, *self.failure)
             # FFCV recycles its output buffers a few batches later; Loader.epoch consumes images at once
             # and clones labels and indices
             yield images, labels.to(torch.int64), index.to(torch.int64)
+
+    def _reader(self):
+        return self.cfg.data.shard_reader(self.cfg.split)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Dict, Iterator, Optional
 
+import numpy as np
 import torch
 
 from fastkd.errors import UserError
@@ -14,7 +15,8 @@ from .augment import AugmentConfig, Augmenter
 from .backend import BackendConfig
 from .dataset import ConvertedData, open_converted
 from .order import epoch_order, num_batches
-from .views import ViewPolicy, apply_views, pad_crop_flip
+from .decode import stored_sizes
+from .views import ViewPolicy, pad_crop_flip
 
 
 @dataclass
@@ -22,8 +24,9 @@ class Batch:
     images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device
     labels: torch.Tensor  # int64 (N,)
     index: torch.Tensor  # int64 (N,) dataset index of each sample in its split
-    view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) in base pixels, flip (N,), and the
-    # augmentation's entries (augment.py): mix_partner, mix_lam, mix_kind, mix_box; erase_box, erase_key; cutout_box
+    view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) (x0, y0, w, h) in stored-image pixels
+    # (pad-and-crop: base pixels), flip (N,), and the augmentation's entries (augment.py): mix_partner, mix_lam,
+    # mix_kind, mix_box; erase_box, erase_key; cutout_box
     epoch: int
     targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
 
@@ -47,6 +50,7 @@ class Loader:
         self.count = int(self.data.split(split)["count"])
         self.res = int(res or self.data.default_res)
         self.policy = ViewPolicy.for_resolution(self.res, train and views)  # views=False: centre views
+        self._table = np.load(self.data.path(self.data.split(split)["dali"]["samples"]))  # stored (w, h) per sample
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.batch_size = batch_size
@@ -58,7 +62,7 @@ class Loader:
         name = BACKENDS.canonical(backend)
         cls = BACKENDS.get(name)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
-                            self.order, self.drop_last, pad=self.policy.pad)
+                            self.order, self.drop_last, pad=self.policy.pad, policy=self.policy, seed=seed)
         cls.require(name, cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -74,9 +78,16 @@ class Loader:
     def __len__(self) -> int:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
+    def views_of(self, epoch: int, idx) -> Dict[str, np.ndarray]:
+        """The crop box and flip of samples ``idx`` in ``epoch`` (what ``Batch.view`` reports): a pure
+        function of (seed, epoch, index) and, for RandomResizedCrop, each image's stored size."""
+        sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
+        return self.policy.sample(self.seed, epoch, idx, sizes)
+
     def _raw(self, epoch: int) -> Iterator[tuple]:
-        """``(uint8 (N, S, S, 3) images or None, labels, index, index as a host array)`` per batch; None:
-        the backend cuts the pad-and-crop views itself (the memory backend's single gather)."""
+        """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
+        (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
+        views itself (the memory backend's single gather)."""
         if self.policy.kind == "pad_crop" and self.backend.pad >= self.policy.pad:
             for labels, index, idx in self.backend.index_batches(epoch):
                 yield None, labels, index, idx
@@ -87,7 +98,7 @@ class Loader:
     def epoch(self, epoch: int) -> Iterator[Batch]:
         start = 0  # position of the batch in the epoch order
         for images, labels, index, idx in self._raw(epoch):
-            view = self.policy.sample(self.seed, epoch, idx)
+            view = self.views_of(epoch, idx)
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
             if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
@@ -96,8 +107,6 @@ class Loader:
                 x = pad_crop_flip(images, box, flip)  # exact integer gather, no interpolation
             else:
                 x = images.permute(0, 3, 1, 2).float()
-                if self.policy.kind == "rrc":
-                    x = apply_views(x, box, flip, self.policy.out, self.policy.padding)
             x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None

@@ -1,9 +1,11 @@
 """Memory backend: the whole split, decoded once, as one uint8 tensor on the training device.
 
+(Photos with RandomResizedCrop views: held whole at a capped side instead, ``memory_views.py``.)
+
 For small images (CIFAR, MNIST, ImageNet32, Tiny-ImageNet) decoding is the whole cost of a loader, and
 the decoded split is small (CIFAR-10 train at 32: 50,000 x 32 x 32 x 3 = 147 MiB). This backend decodes
 every sample of the split once, at construction, with exactly the torch backend's decode path
-(``torch_backend.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
+(``decode.base_image``, in ``cfg.workers`` DataLoader worker processes), into one
 ``(N, S, S, 3)`` uint8 tensor on ``cfg.device`` (chunk by chunk through pinned host memory when that is
 a GPU, so the host never holds the whole split), plus the labels; it prints how long that took
 (also ``backend.decode_s``). An epoch is then no Python per-sample work: for the pad-and-crop
@@ -103,12 +105,14 @@ class MemoryBackend(Backend):
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
-        from fastkd.converted import ShardReader
-
         t0 = time.perf_counter()
-        split = cfg.data.split(cfg.split)
-        reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])
+        reader = cfg.data.shard_reader(cfg.split)
         n, side, dev, pad = len(reader), int(cfg.base), cfg.device, int(cfg.pad)
+        self.labels = torch.from_numpy(np.ascontiguousarray(reader.table["label"], dtype=np.int64)).to(dev)
+        self.held = None
+        if cfg.policy is not None and cfg.policy.kind == "rrc":  # photos: held whole, views cut every epoch
+            self._hold_photos(reader, t0)
+            return
         full = side + 2 * pad
         self.pad, self.nbytes = pad, n * 3 * full * full
         limit, why = memory_limit(dev, self.limit_bytes)
@@ -128,8 +132,7 @@ class MemoryBackend(Backend):
             self.images = store[0, :, :, pad : pad + side, pad : pad + side].permute(0, 2, 3, 1)
         else:
             self.images = torch.empty((n, side, side, 3), dtype=torch.uint8, device=dev)
-        self._decode(reader, self.images, cfg.workers)
-        self.labels = torch.from_numpy(np.ascontiguousarray(reader.table["label"], dtype=np.int64)).to(dev)
+        self._decode(reader, self.images, cfg.workers, cfg.split)
         self._windows = self._mirror_windows = None
         if pad:  # every crop of every image as a strided view (N, 3, 2p+1, 2p+1, S, S): no copy
             self._windows = store[0].unfold(2, side, 1).unfold(3, side, 1)
@@ -143,6 +146,26 @@ class MemoryBackend(Backend):
         self.decode_s = time.perf_counter() - t0
         print(f"memory backend: {n} {cfg.split} images decoded at {side}x{side} into {format_bytes(self.nbytes)} "
               f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+
+    def _hold_photos(self, reader, t0: float) -> None:
+        from .decode import failure
+        from .memory_views import HeldPhotos
+
+        cfg, n = self.cfg, len(reader)
+        self.held = HeldPhotos(reader, cfg.policy.base, cfg.device)
+        self.nbytes = self.held.nbytes
+        limit, why = memory_limit(cfg.device, self.limit_bytes)
+        if limit is not None and self.nbytes > limit:
+            raise UserError(
+                f"the memory backend would hold the {n} {cfg.split} photos of {cfg.data.root} decoded whole with the "
+                f"shorter side at most {cfg.policy.base} px, {format_bytes(self.nbytes)} on {cfg.device}, over its limit "
+                f"of {format_bytes(limit)} ({why}); use another backend (--backend torch, dali or ffcv) or a smaller "
+                f"--res, or set {ENV_LIMIT} (e.g. {ENV_LIMIT}={-(-self.nbytes // (1 << 30)) + 1}G) if it fits")
+        self.held.decode(cfg.workers, lambda i, reason: failure(reader, cfg.split, i, reason))
+        self.decode_s = time.perf_counter() - t0
+        print(f"memory backend: {n} {cfg.split} photos decoded whole (shorter side <= {cfg.policy.base}) into "
+              f"{format_bytes(self.nbytes)} on {cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)",
+              file=sys.stderr, flush=True)
 
     def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S): the images ``index`` (on the device) cropped at integer ``offset`` (B, 2)
@@ -172,18 +195,23 @@ class MemoryBackend(Backend):
             yield torch.index_select(self.labels, 0, idx), idx, host[i : i + bs]
 
     @staticmethod
-    def _decode(reader, out: torch.Tensor, workers: int) -> None:
-        """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel."""
+    def _decode(reader, out: torch.Tensor, workers: int, split: str) -> None:
+        """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel; a
+        sample that does not decode stops it with a UserError naming the sample."""
+        from .decode import failure
         from .torch_backend import _Samples
 
-        def collate(items):
-            return np.stack([it[0] for it in items]), items[0][2]
+        def collate(items):  # _Samples items: (image or None, label, index, decode error or None)
+            bad = next(((it[2], it[3]) for it in items if it[3] is not None), None)
+            return (None if bad else np.stack([it[0] for it in items])), items[0][2], bad
 
         side = out.shape[1]
         loader = torch.utils.data.DataLoader(_Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
                                              num_workers=workers, collate_fn=collate)
         done, cuda = 0, out.device.type == "cuda"
-        for images, start in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+        for images, start, bad in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+            if bad is not None:
+                raise failure(reader, split, *bad)
             assert start == done, (start, done)
             chunk = torch.from_numpy(images)
             if cuda:  # through pinned host memory, overlapping the copy with the next chunk's decode
@@ -196,5 +224,10 @@ class MemoryBackend(Backend):
         return num_batches(len(self.cfg.order(0)), self.cfg.batch_size, self.cfg.drop_last)
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
-        for labels, idx, _ in self.index_batches(epoch):
-            yield torch.index_select(self.images, 0, idx), labels, idx
+        from .decode import view_boxes
+
+        for labels, idx, host in self.index_batches(epoch):
+            if self.held is not None:  # RRC/centre views cut from the held photos
+                yield self.held.views(host, view_boxes(self.cfg, epoch, host, self.held.reader.table), self.cfg.policy.out), labels, idx
+            else:
+                yield torch.index_select(self.images, 0, idx), labels, idx

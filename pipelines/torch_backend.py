@@ -1,84 +1,129 @@
-"""Plain-PyTorch backend: reads the shards through their sample table, decodes with PIL in DataLoader
-workers. Needs neither ffcv nor DALI."""
+"""Plain-PyTorch backend: reads the shards through their sample table and, in DataLoader workers, cuts
+each view while decoding with PIL (``decode.py``: DCT-scaled decode, crop, antialiased resize), so the
+workers deliver uint8 ``res x res`` views (RRC/centre) or ``S x S`` base squares (pad-and-crop).
+Needs neither ffcv nor DALI."""
 from __future__ import annotations
 
-import io
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
-
-
-def base_image(data: bytes, side: int) -> np.ndarray:
-    """Decode, crop the centre square, resize to ``side`` (antialiased bilinear)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        m = min(w, h)
-        left, top = (w - m) // 2, (h - m) // 2
-        im = im.crop((left, top, left + m, top + m))
-        if m != side:
-            im = im.resize((side, side), Image.BILINEAR)  # antialiased when shrinking, like DALI's resize
-        return np.asarray(im, dtype=np.uint8)
+from .decode import DecodeError, base_image, cut_view, failure, first_failure, view_boxes
+from .device_views import cut_views
+from .order import batches, num_batches
 
 
 class _Samples(torch.utils.data.Dataset):
-    def __init__(self, reader, side: int):
-        self.reader, self.side = reader, side
+    """Item ``(i, box)``: sample i's view cut while decoding (``box`` in stored pixels), or its base
+    square when ``box`` is None (pad-and-crop). A decode failure comes back as its reason (raised by the
+    main process, naming the sample), never as a worker traceback."""
+
+    def __init__(self, reader, side: int, out: int = 0):
+        self.reader, self.side, self.out = reader, side, out
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, i: int):
-        return base_image(self.reader.payload(i), self.side), int(self.reader.table[i]["label"]), i
+    def __getitem__(self, item):
+        i, box = item if isinstance(item, tuple) else (item, None)
+        label = int(self.reader.table[i]["label"])
+        try:
+            data = self.reader.payload(i)
+            image = base_image(data, self.side) if box is None else cut_view(data, box, self.out)
+        except DecodeError as exc:
+            return None, label, i, str(exc)
+        return image, label, i, None
+
+
+class _Encoded(_Samples):
+    """Item ``(i, box)``: sample i's stored bytes, label, index and box, for decoding on the device."""
+
+    def __getitem__(self, item):
+        i, box = item
+        data = torch.from_numpy(np.frombuffer(self.reader.payload(i), dtype=np.uint8).copy())
+        return data, int(self.reader.table[i]["label"]), i, box
+
+
+def _collate_encoded(items):
+    return ([it[0] for it in items], torch.tensor([it[1] for it in items], dtype=torch.int64),
+            torch.tensor([it[2] for it in items], dtype=torch.int64), np.array([it[3] for it in items]))
 
 
 class _EpochBatches:
-    """Batch sampler whose epoch is set before iterating (works with persistent workers)."""
+    """Batch sampler whose epoch is set before iterating (works with persistent workers); with RRC/centre
+    views each item carries its box, computed for the whole batch here (:func:`decode.view_boxes`)."""
 
-    def __init__(self, cfg: BackendConfig):
-        self.cfg, self.epoch = cfg, 0
+    def __init__(self, cfg: BackendConfig, table):
+        self.cfg, self.table, self.epoch = cfg, table, 0
 
     def __iter__(self):
-        from .order import batches
-
-        return iter([b.tolist() for b in batches(self.cfg.order(self.epoch), self.cfg.batch_size, self.cfg.drop_last)])
+        for b in batches(self.cfg.order(self.epoch), self.cfg.batch_size, self.cfg.drop_last):
+            boxes = view_boxes(self.cfg, self.epoch, b, self.table)
+            yield b.tolist() if boxes is None else list(zip(b.tolist(), map(tuple, boxes.tolist())))
 
     def __len__(self):
-        from .order import num_batches
-
         return num_batches(len(self.cfg.order(self.epoch)), self.cfg.batch_size, self.cfg.drop_last)
 
 
 def _collate(items):
+    errors = [(it[2], it[3]) for it in items if it[3] is not None]
+    if errors:
+        return None, None, None, errors[0]
     images = torch.from_numpy(np.stack([it[0] for it in items]))
     labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
-    return images, labels, index
+    return images, labels, index, None
 
 
 @register_backend("torch")
 class TorchBackend(Backend):
+    """With ``--device cuda`` (RRC/centre views of JPEGs), workers only read the bytes: each batch is
+    decoded whole on the GPU (``torchvision.io.decode_jpeg``, nvJPEG) and its boxes cut there
+    (``device_views.cut_views``). ``on_device`` forces that path on or off (True on a CPU runs the same
+    code with torchvision's CPU decoder: how the tests check it without a GPU)."""
+
     reads = "dali"  # the shards, decoded with PIL in DataLoader workers
+    on_device: Optional[bool] = None  # None: on the device when it is a GPU
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
-        from fastkd.converted import ShardReader
-
-        split = cfg.data.split(cfg.split)
-        reader = ShardReader(cfg.data.path(f"dali/{cfg.split}"), [s.rsplit("/", 1)[1] for s in split["dali"]["shards"]])
-        self.sampler = _EpochBatches(cfg)
+        reader = cfg.data.shard_reader(cfg.split)
+        self.reader = reader
+        self.sampler = _EpochBatches(cfg, reader.table)
+        self.out = cfg.policy.out if cfg.policy is not None else cfg.base
+        rrc = cfg.policy is not None and cfg.policy.kind == "rrc" and cfg.data.storage == "jpg"
+        self.device_decode = rrc and (cfg.device.type == "cuda" if self.on_device is None else self.on_device)
+        dataset = (_Encoded if self.device_decode else _Samples)(reader, cfg.base, self.out)
         self.loader = torch.utils.data.DataLoader(
-            _Samples(reader, cfg.base), batch_sampler=self.sampler, num_workers=cfg.workers, collate_fn=_collate,
-            pin_memory=cfg.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            dataset, batch_sampler=self.sampler, num_workers=cfg.workers,
+            collate_fn=_collate_encoded if self.device_decode else _collate,
+            pin_memory=cfg.device.type == "cuda" and not self.device_decode, persistent_workers=cfg.workers > 0,
         )
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         self.sampler.epoch = epoch
         dev = self.cfg.device
-        for images, labels, index in self.loader:
+        if self.device_decode:
+            for data, labels, index, boxes in self.loader:
+                images = self._decode_on_device(data, index)
+                yield cut_views(images, boxes, self.out), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
+            return
+        for images, labels, index, error in self.loader:
+            if error is not None:
+                raise failure(self.reader, self.cfg.split, *error)
             yield images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
+
+    def _decode_on_device(self, data, index) -> list:
+        """uint8 (3, H, W) images of a batch, decoded on the device (one batched decode_jpeg call)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.cfg.device)
+        except RuntimeError as exc:  # name the first sample that does not decode
+            bad = first_failure(self.reader, index.tolist())
+            if bad is None:
+                raise
+            raise failure(self.reader, self.cfg.split, *bad) from exc

@@ -1,15 +1,19 @@
-"""Augmented views as pure functions of (seed, epoch, dataset index), applied to whole batches on the device.
+"""Augmented views as pure functions of (seed, epoch, dataset index), and cutting them from batches.
 
-Every backend delivers the same thing, a uint8 batch of ``S x S`` base images (shorter side resized to
-``S``, centre square). The random choices of each sample's view are drawn from a counter-based hash
-(splitmix64) of (seed, epoch, index), so they do not depend on batch composition, worker count or
-backend, and a view can be replayed exactly later (teacher-output cache). Views are applied in one
-vectorised ``grid_sample`` on the training device, then normalised.
+The random choices of each sample's view are drawn from a counter-based hash (splitmix64) of (seed,
+epoch, index), so they do not depend on batch composition, worker count or backend, and a view can be
+replayed exactly later (teacher-output cache).
 
 Policies (chosen from the training resolution):
-- ``pad_crop`` (res <= 64, the CIFAR recipe): pad by S/8 (4 px at 32) with zeros, random crop, flip.
-- ``rrc`` (higher res, the ImageNet recipe): RandomResizedCrop, scale (0.08, 1), ratio (3/4, 4/3),
-  10 tries then the centre crop (torchvision's rule), flip. Evaluation takes the centre ``res/S`` crop.
+- ``pad_crop`` (res <= 64, the CIFAR recipe): backends deliver ``S x S`` base images (shorter side to S,
+  centre square); pad by S/8 (4 px at 32) with zeros, random crop, flip, cut on the training device.
+- ``rrc`` (higher res, the ImageNet recipe): the box is drawn on the whole STORED image, in its own
+  pixels ``(x0, y0, w, h)``, from its stored ``(width, height)``: RandomResizedCrop with torchvision's
+  exact rule (area uniform in scale (0.08, 1), log-ratio uniform in (3/4, 4/3), first of 10 tries
+  that fits, ``x0``/``y0`` uniform over the whole pixels; else the centre crop with the ratio clamped),
+  then flip. Evaluation is torchvision's ``Resize(res/0.875)`` + ``CenterCrop(res)``, i.e. the centred
+  box of side about ``min(w, h) * res / base`` in stored pixels (torchvision's rounding kept). Backends cut the box while decoding
+  (``decode.py``) and deliver ``res x res``; the Loader flips.
 """
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def uniforms(seed: int, epoch: int, index: np.ndarray, count: int, offset: int =
 
 @dataclass(frozen=True)
 class ViewPolicy:
-    base: int  # S: side of the square base image every backend delivers
+    base: int  # S: pad_crop's square base image; rrc: torchvision's eval Resize side (res / 0.875)
     out: int  # side of the image the model sees
     kind: str  # "pad_crop" or "rrc"
     train: bool
@@ -72,35 +76,62 @@ class ViewPolicy:
             return ViewPolicy(base=res, out=res, kind="pad_crop", train=train)
         return ViewPolicy(base=int(round(res / 0.875)), out=res, kind="rrc", train=train)
 
-    def sample(self, seed: int, epoch: int, index: np.ndarray) -> Dict[str, np.ndarray]:
-        """Crop box ``(x0, y0, w, h)`` in base pixels and a flip flag for each index."""
-        n, s = len(index), float(self.base)
+    def sample(self, seed: int, epoch: int, index: np.ndarray, sizes=None) -> Dict[str, np.ndarray]:
+        """Crop box ``(x0, y0, w, h)`` and a flip flag for each index.
+
+        pad_crop: boxes in base pixels. rrc: boxes in the pixels of each stored image, whose
+        ``(width, height)`` rows ``sizes`` gives (None: the ``base x base`` square).
+        """
+        n = len(index)
+        if sizes is None:
+            sizes = np.full((n, 2), float(self.base))
+        wid, hgt = (np.asarray(sizes, dtype=np.float64).reshape(n, 2).T if n else (np.zeros(0), np.zeros(0)))
         if not self.train:
-            side = s if self.kind == "pad_crop" else float(self.out)
-            off = (s - side) / 2
-            return {"box": np.tile([off, off, side, side], (n, 1)), "flip": np.zeros(n, dtype=bool)}
+            if self.kind == "pad_crop":
+                s = float(self.base)
+                return {"box": np.tile([0.0, 0.0, s, s], (n, 1)), "flip": np.zeros(n, dtype=bool)}
+            return {"box": self._centre_boxes(wid, hgt), "flip": np.zeros(n, dtype=bool)}
         # flip, then the pad offsets (streams 1, 2) or 10 RRC tries x (area, ratio, x, y) (streams 1..40)
         u = uniforms(seed, epoch, index, 3 if self.kind == "pad_crop" else 41)
         flip = (u[:, 0] < 0.5) if self.flip else np.zeros(n, dtype=bool)
         if self.kind == "pad_crop":
-            pad = self.pad
+            s, pad = float(self.base), self.pad
             dx = np.floor(u[:, 1] * (2 * pad + 1)) - pad
             dy = np.floor(u[:, 2] * (2 * pad + 1)) - pad
             return {"box": np.stack([dx, dy, np.full(n, s), np.full(n, s)], 1), "flip": flip}
-        return {"box": self._rrc_boxes(u[:, 1:], s), "flip": flip}
+        return {"box": self._rrc_boxes(u[:, 1:], wid, hgt), "flip": flip}
 
-    def _rrc_boxes(self, u: np.ndarray, s: float) -> np.ndarray:
-        area = s * s
+    def _centre_boxes(self, wid: np.ndarray, hgt: np.ndarray) -> np.ndarray:
+        """torchvision's ``Resize(base)`` (shorter side to base, longer side truncated) then
+        ``CenterCrop(out)`` (offsets rounded), as a box in stored pixels."""
+        short = np.maximum(np.minimum(wid, hgt), 1)
+        new_w = np.where(wid <= hgt, self.base, np.floor(self.base * wid / short))
+        new_h = np.where(wid <= hgt, np.floor(self.base * hgt / short), self.base)
+        sx, sy = wid / new_w, hgt / new_h
+        left, top = np.round((new_w - self.out) / 2), np.round((new_h - self.out) / 2)
+        return np.stack([left * sx, top * sy, self.out * sx, self.out * sy], 1)
+
+    def _rrc_boxes(self, u: np.ndarray, wid, hgt=None) -> np.ndarray:
+        """torchvision's ``RandomResizedCrop.get_params`` on ``wid x hgt`` images (arrays or scalars),
+        vectorised, with tries ``t`` taking uniforms ``u[:, 4t : 4t + 4]`` as (area, ratio, x, y)."""
+        n = len(u)
+        wid = np.broadcast_to(np.asarray(wid, dtype=np.float64), (n,))
+        hgt = wid if hgt is None else np.broadcast_to(np.asarray(hgt, dtype=np.float64), (n,))
+        area = wid * hgt
         lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        boxes = np.tile([0.0, 0.0, s, s], (len(u), 1))  # fallback: the whole (square) base image
-        done = np.zeros(len(u), dtype=bool)
+        # fallback: the centre crop, the ratio clamped to [ratio[0], ratio[1]]
+        in_ratio = wid / np.maximum(hgt, 1)
+        fw = np.where(in_ratio > self.ratio[1], np.round(hgt * self.ratio[1]), wid)
+        fh = np.where(in_ratio < self.ratio[0], np.round(wid / self.ratio[0]), hgt)
+        boxes = np.stack([np.floor((wid - fw) / 2), np.floor((hgt - fh) / 2), fw, fh], 1)
+        done = np.zeros(n, dtype=bool)
         for t in range(10):
             ua, ur, ux, uy = u[:, 4 * t], u[:, 4 * t + 1], u[:, 4 * t + 2], u[:, 4 * t + 3]
             a = area * (self.scale[0] + ua * (self.scale[1] - self.scale[0]))
             r = np.exp(lo + ur * (hi - lo))
             w, h = np.round(np.sqrt(a * r)), np.round(np.sqrt(a / r))
-            ok = ~done & (w <= s) & (h <= s) & (w > 0) & (h > 0)
-            x0, y0 = np.floor(ux * (s - w + 1)), np.floor(uy * (s - h + 1))
+            ok = ~done & (w <= wid) & (h <= hgt) & (w > 0) & (h > 0)
+            x0, y0 = np.floor(ux * (wid - w + 1)), np.floor(uy * (hgt - h + 1))
             boxes[ok] = np.stack([x0, y0, w, h], 1)[ok]
             done |= ok
         return boxes

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from fastkd.bench.loader import BASELINE, run_loader_bench
+from fastkd.bench.loader import BASELINE, DECODE_ONLY, run_loader_bench
 
 
 def test_loader_bench_torch_vs_dataloader(tmp_path):
@@ -22,14 +22,36 @@ def test_loader_bench_torch_vs_dataloader(tmp_path):
     assert saved == json.loads(json.dumps(result))
     assert not list(out.parent.glob("*.tmp*"))
     rows = saved["rows"]
-    assert set(rows) == {BASELINE, "torch", "ffcv"}
-    base, torch_row = rows[BASELINE], rows["torch"]
-    for row in (base, torch_row):
+    assert set(rows) == {BASELINE, DECODE_ONLY, "torch", "ffcv"}
+    base, torch_row, ceiling = rows[BASELINE], rows["torch"], rows[DECODE_ONLY]
+    for row in (base, torch_row, ceiling):
         assert row["status"] == "ok"
         assert row["images"] == 80  # 80 test images, batches of 16, drop_last
         assert row["images_per_s"] > 0 and row["median_images_per_s"] > 0 and row["first_epoch_s"] > 0
     assert base["ratio"] == pytest.approx(1.0)
     assert torch_row["ratio"] == pytest.approx(torch_row["images_per_s"] / base["images_per_s"])
+    assert torch_row["vs_decode_only"] == pytest.approx(torch_row["images_per_s"] / ceiling["images_per_s"])
     assert rows["ffcv"]["status"].startswith("skipped:") and rows["ffcv"]["ratio"] is None
     assert saved["settings"]["res"] == 32 and saved["settings"]["batch_size"] == 16
     assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["torch"]
+
+
+def test_loader_bench_on_generated_photos(tmp_path, capsys):
+    """The photo set is real-looking (360-640 px, several bits per pixel) and every row runs on it at RRC res."""
+    from PIL import Image
+
+    from fastkd.bench.photos import converted_photo_set
+
+    data = converted_photo_set(str(tmp_path), 24, progress=False)
+    files = sorted((tmp_path / "src" / "train").rglob("*.jpg"))
+    assert len(files) == 24
+    for f in files[:6]:
+        with Image.open(f) as im:
+            assert 360 <= max(im.size) <= 640 and f.stat().st_size * 8 / (im.size[0] * im.size[1]) > 1.0
+    result = run_loader_bench(data, backends=("torch", "memory"), batch_size=8, workers=1, res=96, epochs=1,
+                              warmup_epochs=0, out_json=str(tmp_path / "photos.json"), progress=False)
+    rows = result["rows"]
+    assert result["settings"]["policy"] == "rrc"
+    for name in (BASELINE, DECODE_ONLY, "torch", "memory"):
+        assert rows[name]["status"] == "ok" and rows[name]["images"] == 24, rows[name]
+    assert "decode-only" in capsys.readouterr().out

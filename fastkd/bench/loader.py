@@ -2,8 +2,11 @@
 
 A fastkd row times the full ``Loader.epoch`` (decode, augmentation on the device, normalisation). The
 baseline reads the very same stored images, extracted to a temporary ImageFolder tree, with per-sample
-torchvision transforms equivalent to fastkd's view policy. Every loader's output is consumed (summed on
-the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation) are not timed.
+torchvision transforms equivalent to fastkd's view policy (RandomResizedCrop on the whole image + flip
+for res > 64). The "decode-only" row is the ceiling of any loader that decodes every pixel: a full PIL
+decode of every file of that tree with the same number of DataLoader workers, nothing else; a loader
+can beat it only by decoding less (DCT-scaled or cropped decoding). Every loader's output is consumed
+(summed on the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation) are not timed.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ from fastkd.bench.machine import machine_info
 from fastkd.errors import UserError
 
 BASELINE = "dataloader"
-NAMES = {BASELINE: "torchvision DataLoader", "ffcv": "fastkd ffcv", "dali": "fastkd dali", "torch": "fastkd torch"}
+DECODE_ONLY = "decode-only"
+NAMES = {BASELINE: "torchvision DataLoader", DECODE_ONLY: "decode-only (PIL, full)", "ffcv": "fastkd ffcv",
+         "dali": "fastkd dali", "torch": "fastkd torch", "memory": "fastkd memory"}
 
 
 def _consume(batches, device: torch.device) -> int:
@@ -81,9 +86,7 @@ def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: 
 
 def _extract_imagefolder(data, split: str, root: str) -> None:
     """The split's stored bytes as ``root/<class>/<index>.<ext>`` (PIL decodes the same files)."""
-    from fastkd.converted import ShardReader
-
-    reader = ShardReader(data.path(f"dali/{split}"), [s.rsplit("/", 1)[1] for s in data.split(split)["dali"]["shards"]])
+    reader = data.shard_reader(split)
     ext = "jpg" if data.storage == "jpg" else "png"
     for name in data.classes:
         os.makedirs(os.path.join(root, name), exist_ok=True)
@@ -97,9 +100,27 @@ def baseline_transform(policy, mean, std):
     from torchvision import transforms as T
 
     s = policy.base
-    view = (T.RandomCrop(policy.out, padding=max(1, s // 8)) if policy.kind == "pad_crop"
-            else T.RandomResizedCrop(policy.out, scale=tuple(policy.scale), ratio=tuple(policy.ratio)))
-    return T.Compose([T.Resize(s), T.CenterCrop(s), view, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    if policy.kind == "pad_crop":
+        view = [T.Resize(s), T.CenterCrop(s), T.RandomCrop(policy.out, padding=max(1, s // 8))]
+    else:  # on the whole image, as fastkd's rrc policy
+        view = [T.RandomResizedCrop(policy.out, scale=tuple(policy.scale), ratio=tuple(policy.ratio))]
+    return T.Compose([*view, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+
+
+class _DecodeOnly:
+    """Item i: the full decode of file i (PIL, RGB); returns its pixel count so the work is consumed."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> int:
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            return im.convert("RGB").size[0]
 
 
 def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch"), split: str = "train",
@@ -126,6 +147,13 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
             return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
 
+        def build_decode_only():
+            paths = sorted(os.path.join(d, f) for d, _, files in os.walk(tmp) for f in files)
+            dl = torch.utils.data.DataLoader(
+                _DecodeOnly(paths), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                collate_fn=torch.tensor, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+            return dl, lambda dl, e: _consume(iter(dl), dev)
+
         def build_fastkd(backend):
             loader = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
                             workers=workers, device=dev)
@@ -133,12 +161,13 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
 
         if progress:
             print(f"bench loader: res {res}, batch {batch_size}, workers {workers}", file=sys.stderr)
-        rows = _measure({BASELINE: build_baseline, **{b: partial(build_fastkd, b) for b in backends}},
-                        warmup_epochs, epochs, progress)
-    base = rows[BASELINE].get("images_per_s")
+        rows = _measure({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,
+                         **{b: partial(build_fastkd, b) for b in backends}}, warmup_epochs, epochs, progress)
+    base, ceiling = rows[BASELINE].get("images_per_s"), rows[DECODE_ONLY].get("images_per_s")
     for row in rows.values():
         ips = row.get("images_per_s")
         row["ratio"] = ips / base if ips and base else None
+        row["vs_decode_only"] = ips / ceiling if ips and ceiling else None
     result = {"machine": machine_info(dev),
               "settings": {"data": os.path.abspath(data), "dataset": conv.manifest.get("dataset"), "split": split,
                            "images": int(conv.split(split)["count"]), "res": res, "policy": policy.kind,
@@ -156,12 +185,14 @@ def format_table(result: dict) -> str:
     s = result["settings"]
     lines = [f"{s['dataset']}/{s['split']} res {s['res']} ({s['policy']}), batch {s['batch_size']}, "
              f"workers {s['workers']}, {s['epochs']} timed epochs, device {result['machine']['device_name']}",
-             f"{'loader':<24}{'images/s':>10}{'vs DataLoader':>15}{'first epoch s':>15}{'median epoch img/s':>20}"]
+             f"{'loader':<24}{'images/s':>10}{'vs DataLoader':>15}{'vs decode-only':>16}{'first epoch s':>15}"
+             f"{'median epoch img/s':>20}"]
     for row in result["rows"].values():
         if row["status"] != "ok":
             lines.append(f"{row['loader']:<24}  {row['status']}")
             continue
         ratio = f"{row['ratio']:.2f}x" if row["ratio"] else "-"
-        lines.append(f"{row['loader']:<24}{row['images_per_s']:>10.1f}{ratio:>15}{row['first_epoch_s']:>15.2f}"
+        ceiling = f"{row['vs_decode_only']:.2f}x" if row["vs_decode_only"] else "-"
+        lines.append(f"{row['loader']:<24}{row['images_per_s']:>10.1f}{ratio:>15}{ceiling:>16}{row['first_epoch_s']:>15.2f}"
                      f"{row['median_images_per_s']:>20.1f}")
     return "\n".join(lines)

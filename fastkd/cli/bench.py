@@ -15,9 +15,12 @@ def bench():
 
 
 @bench.command()
-@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
+@click.option("--data", default=None, help="A folder written by `fastkd convert` (default: --photos generated photos).")
+@click.option("--photos", type=click.IntRange(16), default=1000, show_default=True,
+              help="Without --data: generate this many 360-640 px JPEG photos and convert them first.")
 @click.option("--backends", default="ffcv,dali,torch", show_default=True, cls=RegistryOption,
-              registry="fastkd.pipelines:BACKENDS", help="Comma list of backends to time.")
+              registry="fastkd.pipelines:BACKENDS",
+              help="Comma list of backends to time (memory on photos: built for a GPU, slow on a CPU).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
@@ -26,14 +29,20 @@ def bench():
 @click.option("--warmup-epochs", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_json", default="benchmarks/results/loader.json", show_default=True, help="JSON output.")
-def loader(data, backends, split, batch_size, workers, res, epochs, warmup_epochs, device, out_json):
-    """images/s of each backend vs ImageFolder + DataLoader on the same images and augmentation."""
+def loader(data, photos, backends, split, batch_size, workers, res, epochs, warmup_epochs, device, out_json):
+    """images/s of each backend vs ImageFolder + DataLoader on the same images and augmentation, and a
+    decode-only row (full decode of every image, same workers)."""
+    import tempfile
+
     from fastkd.bench.loader import run_loader_bench
+    from fastkd.bench.photos import converted_photo_set
     from fastkd.pipelines import BACKENDS, open_converted
 
     names = tuple(BACKENDS.canonical(b.strip()) for b in backends.split(",") if b.strip())
     if not names:
         raise UserError("--backends is empty; give e.g. ffcv,dali,torch")
-    open_converted(data)
-    run_loader_bench(data, backends=names, split=split, batch_size=batch_size, workers=workers, res=res,
-                     epochs=epochs, warmup_epochs=warmup_epochs, device=device, out_json=out_json)
+    with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
+        data = data or converted_photo_set(tmp, photos)
+        open_converted(data)
+        run_loader_bench(data, backends=names, split=split, batch_size=batch_size, workers=workers, res=res,
+                         epochs=epochs, warmup_epochs=warmup_epochs, device=device, out_json=out_json)

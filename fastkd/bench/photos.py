@@ -1,0 +1,58 @@
+"""A benchmark set of real-looking photos: an ImageFolder tree of JPEGs (q90) of 360-640 px, mostly not square.
+
+Decoding cost grows with the entropy-coded size, so the images carry texture at several scales
+(smooth colour fields, mid-scale blobs, fine grain) and a few hard edges, which JPEG-compresses to
+about 2-4 bits per pixel like camera photos, rather than flat synthetic images that decode unrealistically fast.
+Deterministic: the same (n, seed) give the same files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+SIDES = (360, 640)
+ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)  # landscape mostly, some square and portrait
+
+
+def photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """uint8 (height, width, 3)."""
+    image = np.zeros((height, width, 3), dtype=np.float32)
+    for div, amp in ((48, 90.0), (12, 40.0), (3, 14.0)):  # coarse colour fields, blobs, texture
+        small = rng.normal(0.0, 1.0, size=(max(2, height // div), max(2, width // div), 3)).astype(np.float32)
+        for c in range(3):
+            image[:, :, c] += amp * np.asarray(Image.fromarray(small[:, :, c]).resize((width, height), Image.BICUBIC))
+    image += rng.normal(0.0, 3.0, size=image.shape).astype(np.float32)  # sensor grain
+    image += rng.uniform(60, 200, size=3).astype(np.float32)
+    for _ in range(4):  # hard-edged shapes, like object outlines
+        y, x = rng.integers(0, height - 30), rng.integers(0, width - 30)
+        image[y : y + rng.integers(10, height // 3), x : x + rng.integers(10, width // 3)] += rng.uniform(-80, 80, 3)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progress: bool = True) -> str:
+    """``root/train/c<k>/<i>.jpg`` for ``n`` photos (longer side 360-640 px); returns ``root``."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        longer = int(rng.integers(SIDES[0], SIDES[1] + 1))
+        aspect = ASPECTS[int(rng.integers(len(ASPECTS)))]
+        w, h = (longer, round(longer / aspect)) if aspect >= 1 else (round(longer * aspect), longer)
+        folder = os.path.join(root, "train", f"c{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(photo(rng, h, w)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+        if progress and (i + 1) % 200 == 0:
+            print(f"  photos: {i + 1}/{n}", file=sys.stderr)
+    return root
+
+
+def converted_photo_set(folder: str, n: int, progress: bool = True, val_fraction: float = 0.0) -> str:
+    """``write_photo_set`` into ``folder/src``, converted (both formats, stored as is: 640 px is under the
+    imagefolder default --max-side; ``val_fraction`` > 0 carves a val split) to ``folder/photos``."""
+    from fastkd.converters.convert import ConvertOptions, convert
+
+    src, out = os.path.join(folder, "src"), os.path.join(folder, "photos")
+    write_photo_set(src, n, progress=progress)
+    convert("imagefolder", src, out, ConvertOptions(progress=progress, val_fraction=val_fraction))
+    return out
