@@ -46,11 +46,9 @@ def photos(tmp_path_factory):
 
 
 def _reader(data):
-    from fastkd.converters.shards import ShardReader
     from fastkd.pipelines import open_converted
 
-    conv = open_converted(data)
-    return ShardReader(conv.path("dali/train"), [s.rsplit("/", 1)[1] for s in conv.split("train")["dali"]["shards"]])
+    return open_converted(data).shard_reader("train")
 
 
 def photo(seed: int, height: int, width: int) -> np.ndarray:
