@@ -43,14 +43,22 @@ def initialise(model: nn.Module, scheme: str) -> None:
 
 
 def residual_last_norms(model: nn.Module) -> List[nn.BatchNorm2d]:
-    """The last BatchNorm of every block whose output is added to an identity path."""
+    """The last BatchNorm of every block whose output is added to an identity path.
+
+    Left out: the CIFAR ResNet's downsampling blocks, whose option-A shortcut zero-pads the new channels.
+    With a zero gamma (and beta) those channels would be ``relu(0 + 0)``, whose gradient is 0, so they
+    would never leave zero: in resnet32 48 of the 64 final channels stayed dead and training stalled at
+    chance. Those blocks are no identity anyway (torchvision's projection shortcuts carry every channel)."""
+    from fastkd.models.resnet_cifar import ShortcutA
+
     norms = []
     for m in model.modules():
         name = type(m).__name__
         if name == "Bottleneck" and hasattr(m, "bn3"):
             norms.append(m.bn3)
         elif name == "BasicBlock" and hasattr(m, "bn2"):
-            norms.append(m.bn2)
+            if not isinstance(getattr(m, "shortcut", None), ShortcutA):
+                norms.append(m.bn2)
         elif name == "InvertedResidual" and getattr(m, "use_res_connect", False):
             last = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][-1]
             norms.append(last)
