@@ -73,6 +73,7 @@ class TorchBackend(Backend):
         self.loader = torch.utils.data.DataLoader(
             _Samples(reader, cfg.base), batch_sampler=self.sampler, num_workers=cfg.workers, collate_fn=_collate,
             pin_memory=cfg.device.type == "cuda", persistent_workers=cfg.workers > 0,
+            generator=torch.Generator(),  # worker seeds not drawn from the global RNG: a resume replays it exactly
         )
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:

@@ -13,7 +13,7 @@ from torch import nn
 
 from fastkd.errors import UserError
 
-INITS = ("default", "kaiming", "xavier")
+from .config import INITS
 
 
 def initialise(model: nn.Module, scheme: str) -> None:
@@ -90,8 +90,6 @@ def classifier(model: nn.Module) -> nn.Module:
 def add_dropout(model: nn.Module, p: float) -> None:
     """Dropout (Srivastava et al. 2014) on the classifier's input, as a forward pre-hook so the model's
     structure and state dict stay torchvision's (it adds to any dropout the architecture already has)."""
-    if not 0 < p < 1:
-        raise UserError(f"--dropout {p} must be between 0 and 1")
     head = classifier(model)
 
     def hook(module, args):
