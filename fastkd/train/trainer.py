@@ -288,7 +288,8 @@ class Trainer:
     def _save(self, epoch: int, batch: int) -> None:
         """Checkpoint (rank 0), unless the last step left non-finite weights or BN statistics (its loss was
         still finite)."""
-        tensors = [t for net in (self.student, *self.methods) for t in net.state_dict().values() if t.is_floating_point()]
+        tensors = [t for net in (self.student, *self.methods) for t in net.state_dict().values()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
         if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             self._diverged(epoch, batch)
         self.meters.seconds = time.time() - self._epoch_started  # unused at an epoch end (no meters saved)
