@@ -11,8 +11,9 @@ import torch
 
 from fastkd.cli import main
 from fastkd.errors import UserError
+from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
-from fastkd.train.trainer import Trainer, train
+from fastkd.train.trainer import Trainer
 
 
 class Payload:
@@ -57,7 +58,10 @@ def test_pickle_payload_is_refused_without_running(orl_data, tmp_path, capsys):
 def test_resume_refuses_a_checkpoint_of_another_model_or_dataset(orl_data, tmp_path):
     cfg = TrainConfig(data=orl_data, out=str(tmp_path / "run"), student="resnet32", res=32, epochs=1, batch_size=64,
                       backend="memory", workers=0, progress=False)
-    train(cfg)
+    trainer = Trainer(cfg)  # its checkpoint as at the end of epoch 1 (no need to train for it)
+    os.makedirs(cfg.out)
+    checkpoint.save_atomic(trainer.ckpt_path, trainer._state(0, len(trainer.train_loader)))
+    trainer.close()
     with pytest.raises(UserError, match="is a run of model resnet32, not shufflenet_v2_x0_5"):
         Trainer(TrainConfig(**{**cfg.to_dict(), "student": "shufflenet_v2_x0_5"}), resume=True)
     other = tmp_path / "other"
