@@ -37,7 +37,7 @@ def trick_table(cfg: TrainConfig, pretrained: Optional[str]) -> List[Tuple[str, 
         ("warm-up", {"warmup_epochs": warm}),
         ("mixup", {"mixup": 1.0 if low_res else 0.2}),
         ("zero-gamma", {"zero_gamma": True}),
-        ("data augmentation", {"augment": True}),
+        ("data augmentation", {"views": True}),
         ("lr schedule: multistep", {"schedule": "multistep",
                                     "milestones": [cfg.epochs // 2, (3 * cfg.epochs) // 4]}),
     ]
@@ -49,7 +49,7 @@ TRICKS = [name for name, _ in trick_table(TrainConfig(data="", out="", student="
 def baseline(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, init="default", pretrained=None, no_bias_decay=False, label_smoothing=0.0, erasing=0.0,
                    lr_scaling=False, cutout=0.0, dropout=0.0, schedule="constant", warmup_epochs=0.0, mixup=0.0,
-                   cutmix=0.0, zero_gamma=False, augment=False, method="ce", teacher=None, teacher_weights=None)
+                   cutmix=0.0, zero_gamma=False, views=False, method="ce", teacher=None, teacher_weights=None)
 
 
 def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = None,

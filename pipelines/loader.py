@@ -59,10 +59,11 @@ class Loader:
             raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
                             f"need an even batch size; got {batch_size}")
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
+        self._skip = (None, 0)  # (epoch, samples): where epoch(e, start) resumes in e's order
         name = BACKENDS.canonical(backend)
         cls = BACKENDS.get(name)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
-                            self.order, self.drop_last, pad=self.policy.pad, policy=self.policy, seed=seed)
+                            self._backend_order, self.drop_last, pad=self.policy.pad, policy=self.policy, seed=seed)
         cls.require(name, cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -84,6 +85,13 @@ class Loader:
         sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
         return self.policy.sample(self.seed, epoch, idx, sizes)
 
+    def _backend_order(self, epoch: int):
+        """The order the backend delivers: the epoch's, less the samples a mid-epoch start skips, so that
+        skipped batches are never read or decoded."""
+        skip_epoch, skip = self._skip
+        order = self.order(epoch)
+        return order[skip:] if epoch == skip_epoch else order
+
     def _raw(self, epoch: int) -> Iterator[tuple]:
         """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
         (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
@@ -95,8 +103,13 @@ class Loader:
         for images, labels, index in self.backend.iter_epoch(epoch):
             yield images, labels, index, index.cpu().numpy()
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        start = 0  # position of the batch in the epoch order
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of ``epoch`` from batch ``start`` on: exactly the tail of the full epoch, since views
+        and augmentations are functions of (seed, epoch, index, position) (a resumed checkpoint)."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start batch {start} outside the epoch's {len(self)} batches")
+        start *= self.batch_size  # position of the batch in the epoch order
+        self._skip = (epoch, start)
         for images, labels, index, idx in self._raw(epoch):
             view = self.views_of(epoch, idx)
             box = torch.from_numpy(view["box"]).float()
@@ -104,7 +117,7 @@ class Loader:
             if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
                 x = self.backend.crop(index, box[:, :2].long(), flip).float()
             elif self.policy.train and self.policy.kind == "pad_crop":
-                x = pad_crop_flip(images, box, flip)  # exact integer gather, no interpolation
+                x = pad_crop_flip(images, box, flip, self.policy.pad)  # exact integer gather, no interpolation
             else:
                 x = images.permute(0, 3, 1, 2).float()
             x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy

@@ -101,6 +101,7 @@ class TorchBackend(Backend):
             dataset, batch_sampler=self.sampler, num_workers=cfg.workers,
             collate_fn=_collate_encoded if self.device_decode else _collate,
             pin_memory=cfg.device.type == "cuda" and not self.device_decode, persistent_workers=cfg.workers > 0,
+            generator=torch.Generator(),  # worker seeds not drawn from the global RNG: a resume replays it exactly
         )
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:

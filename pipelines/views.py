@@ -160,8 +160,9 @@ def apply_views(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, out
     return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
 
-def pad_crop_flip(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Exact pad-and-crop + flip of uint8 (N, S, S, C) images by integer offsets ``box[:, :2]``.
+def pad_crop_flip(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """Exact pad-and-crop + flip of uint8 (N, S, S, C) images by integer offsets ``box[:, :2]`` in
+    ``[-pad, pad]`` (the policy's :attr:`ViewPolicy.pad`, so no offset is read back from the device).
 
     The same views as :func:`apply_views` for ``pad_crop`` boxes (zero fill outside the image), done with
     one gather over a zero-padded copy: no interpolation, so pixels are copied exactly and the cost is
@@ -171,7 +172,6 @@ def pad_crop_flip(images: torch.Tensor, box: torch.Tensor, flip: torch.Tensor) -
     n, s = images.shape[0], images.shape[1]
     dev = images.device
     off = box[:, :2].to(dev).round().long()
-    pad = int(off.abs().max().item()) if n else 0
     padded = images.new_zeros(n, s + 2 * pad, s + 2 * pad, images.shape[3])
     padded[:, pad : pad + s, pad : pad + s] = images
     ar = torch.arange(s, device=dev)

@@ -90,7 +90,7 @@ def test_crop_is_exactly_pad_crop_flip(orl_data, make_loader, monkeypatch, mirro
     got = backend.crop(index, offset, flip)
     assert got.dtype == torch.uint8 and got.shape == (200, 3, 32, 32) and got.is_contiguous()
     box = torch.cat([offset.float(), torch.full((200, 2), 32.0)], 1)
-    want = views.pad_crop_flip(backend.images[index], box, flip)
+    want = views.pad_crop_flip(backend.images[index], box, flip, 4)
     assert torch.equal(got.float(), want)
     assert (got[0, :, :4, :4] == 0).all() and (got[1, :, -4:, -4:] == 0).all()
     # and whole epochs through the Loader: the same batches as the generic path (index_select + pad_crop_flip)

@@ -229,7 +229,7 @@ def test_integer_pad_crop_equals_the_grid_sample_path(res):
     view = policy.sample(7, 3, index)
     images = torch.randint(0, 256, (64, res, res, 3), dtype=torch.uint8)
     box, flip = torch.from_numpy(view["box"]).float(), torch.from_numpy(view["flip"])
-    fast = pad_crop_flip(images, box, flip)
+    fast = pad_crop_flip(images, box, flip, policy.pad)
     slow = apply_views(images.permute(0, 3, 1, 2).float(), box, flip, res, policy.padding)
     assert fast.dtype == torch.float32 and fast.shape == (64, 3, res, res)
     assert torch.equal(fast, fast.round())  # copied pixels, no interpolation

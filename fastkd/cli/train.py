@@ -80,7 +80,7 @@ def _check_method_options(cfg) -> None:
               help="Mixed precision (autocast; fp16 adds a gradient scaler, saved in checkpoints).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
-@click.option("--no-augment", "augment", flag_value=False, default=True,
+@click.option("--no-augment", "views", flag_value=False, default=True,
               help="Train on centre views (no crop/flip).")
 @click.option("--erasing", type=float, default=0.0, show_default=True,
               help="Random erasing probability (Zhong et al. 2020: 0.5; area 0.02-0.4, aspect 0.3-3.3).")
@@ -98,8 +98,12 @@ def _check_method_options(cfg) -> None:
 @click.option("--eval-split", default=None, help="Split for top-1/top-5 (default: test, else val).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--eval-every", type=int, default=1, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--eval-every", type=int, default=1, show_default=True, help="Evaluate every N epochs (and after the last).")
+@click.option("--checkpoint-every", type=float, default=5.0, show_default=True,
+              help="Minutes between checkpoints within an epoch (0: at epoch ends only). SIGTERM/SIGINT also "
+              "write one and exit (codes 143/130).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped (from the "
+              "beginning when it holds no checkpoint yet).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(opts, milestones, resume, quiet, **kw):
     """Train a model with cross-entropy, or distil a teacher into a student."""

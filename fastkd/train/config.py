@@ -1,8 +1,17 @@
-"""Everything a training run is configured by; saved as ``config.json`` beside the run."""
+"""Everything a training run is configured by; saved as ``config.json`` beside the run.
+
+Checked once, at construction (:meth:`TrainConfig.__post_init__`): a bad value is a one-line UserError
+before any data is opened, never a failure at the first step."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
+
+from fastkd.errors import UserError
+
+SCHEDULES = ("cosine", "step", "multistep", "constant")
+INITS = ("default", "kaiming", "xavier")
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 @dataclass
@@ -38,7 +47,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     # data-side tricks, applied on the device to whole batches (pipelines/augment)
-    augment: bool = True  # crop + flip views; False: centre views only
+    views: bool = True  # crop + flip views; False: centre views only
     erasing: float = 0.0  # random erasing probability (Zhong et al.: 0.5)
     cutout: float = 0.0  # cutout square side as a fraction of the image side (DeVries & Taylor: 16/32 = 0.5)
     mixup: float = 0.0  # mixup Beta alpha (0: off)
@@ -51,7 +60,36 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_every: int = 1
+    checkpoint_every: float = 5.0  # minutes between checkpoints within an epoch; 0: at epoch ends only
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, option: str, rule: str) -> None:
+            if not ok:
+                raise UserError(f"--{option.replace('_', '-')} {getattr(self, option)!r} {rule}")
+
+        for option in ("epochs", "batch_size", "eval_every"):
+            need(isinstance(getattr(self, option), int) and getattr(self, option) >= 1, option, "must be an integer >= 1")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
+        for option in ("weight_decay", "warmup_epochs", "checkpoint_every", "mixup", "cutmix", "workers"):
+            need(getattr(self, option) >= 0, option, "must be >= 0")
+        need(self.ce_weight is None or self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        need(self.schedule in SCHEDULES, "schedule", f"is unknown; choose one of: {', '.join(SCHEDULES)}")
+        need(self.gamma > 0, "gamma", "must be > 0")
+        need(self.schedule != "step" or self.step_size >= 1, "step_size", "must be >= 1 with --schedule step")
+        need(self.schedule != "multistep" or bool(self.milestones), "milestones",
+             "is empty; --schedule multistep needs epochs such as --milestones 150,180,210")
+        need(all(0 <= m <= self.epochs for m in self.milestones) and self.milestones == sorted(self.milestones),
+             "milestones", f"must be epochs in 0..{self.epochs} (--epochs), in increasing order")
+        need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"must not exceed --epochs {self.epochs}")
+        need(self.init in INITS, "init", f"is unknown; choose one of: {', '.join(INITS)}")
+        need(self.amp in AMP_MODES, "amp", f"is unknown; choose one of: {', '.join(AMP_MODES)}")
+        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
+        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        need(0 <= self.erasing <= 1, "erasing", "is a probability; give a value in [0, 1]")
+        need(0 <= self.cutout < 1, "cutout", "is a fraction of the image side; give a value in [0, 1)")
+        need(self.res is None or self.res >= 8, "res", "must be at least 8 (pixels)")
 
     def to_dict(self) -> dict:
         return asdict(self)

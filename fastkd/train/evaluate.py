@@ -8,28 +8,30 @@ import torch.distributed as dist
 from torch import nn
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> Dict[int, int]:
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """How many rows have their label among the top k logits, for each k: a tensor on the logits' device
+    (no host sync); k beyond the class count counts as the class count."""
     k_max = min(max(ks), logits.shape[1])
-    top = logits.topk(k_max, dim=1).indices
-    hit = top.eq(labels.view(-1, 1))
-    return {k: int(hit[:, : min(k, k_max)].any(dim=1).sum()) for k in ks}
+    hit = logits.topk(k_max, dim=1).indices.eq(labels.view(-1, 1)).cumsum(1).clamp_(max=1)
+    return hit.sum(0)[[min(k, k_max) - 1 for k in ks]]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, epoch: int = 0) -> Dict[str, float]:
+    """Top-1, top-5 (%), mean cross-entropy and count, summed on the device and read once at the end."""
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64)  # top1, top5, count, loss sum
+    totals = None  # top1, top5, count, loss sum
     for batch in loader.epoch(epoch):
         logits = model(batch.images)
-        hits = topk_correct(logits, batch.labels)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="sum")
-        totals += torch.tensor([hits[1], hits[5], len(batch.labels), float(loss)], dtype=torch.float64)
+        row = torch.cat([topk_hits(logits, batch.labels).double(), logits.new_tensor([len(batch.labels)], dtype=torch.float64), loss.double().view(1)])
+        totals = row if totals is None else totals + row
+    if totals is None:
+        totals = torch.zeros(4, dtype=torch.float64, device=loader.device)
     if dist.is_available() and dist.is_initialized():
-        t = totals.to(loader.device)
-        dist.all_reduce(t)
-        totals = t.cpu()
+        dist.all_reduce(totals)
     model.train(was_training)
-    n = max(float(totals[2]), 1.0)
-    return {"top1": 100.0 * float(totals[0]) / n, "top5": 100.0 * float(totals[1]) / n,
-            "loss": float(totals[3]) / n, "count": int(totals[2])}
+    top1, top5, count, loss = totals.tolist()
+    n = max(count, 1.0)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "count": int(count)}

@@ -1,17 +1,22 @@
 """The training loop: teacher training, student baselines and distillation share it.
 
-The trainer owns both forward passes (student with grad, teacher frozen in eval mode without grad)
-and hands each method the signals it declared; methods only compute losses.
+The trainer owns both forward passes (student with grad, teacher frozen in eval mode under
+``torch.inference_mode``) and hands each method the signals it declared; methods only compute losses.
+The step loop never waits for the device: metrics accumulate there (``meters.py``) and are read a few
+times per epoch, when a non-finite loss stops the run (within ``LOG_MAX_STEPS`` steps, before any
+checkpoint holds it). Checkpoints are written at epoch ends, every ``checkpoint_every`` minutes within
+an epoch (with the position in the epoch order, so a resume continues exactly) and on SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import sys
 import time
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +30,17 @@ from fastkd.pipelines import Loader, open_converted
 
 from . import checkpoint, distributed, tricks
 from .config import TrainConfig
-from .evaluate import evaluate, topk_correct
+from .evaluate import evaluate
+from .interrupt import StopSignals, resume_command
+from .meters import EpochMeters
 from .schedule import lr_at
 from .signals import prepare_methods
 from .weights import build_teacher
 
 CHECKPOINT = "checkpoint.pt"
 # options that do not change the numbers a run produces, so a resume may differ in them
-_RESUME_FREE = {"progress", "workers", "device", "eval_every", "backend"}
+_RESUME_FREE = {"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"}
+LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
 
 
 def _log(msg: str) -> None:
@@ -47,7 +55,7 @@ class Trainer:
         self.data = open_converted(cfg.data)
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
                       workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
-        self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.augment,
+        self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.views,
                                    augment=self._augment_config(), **common)
         self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
         self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
@@ -57,10 +65,11 @@ class Trainer:
         low_res, n_cls = self.train_loader.low_res, self.data.num_classes
         self.methods = parse_methods(cfg.method, cfg.method_options)
         needs = set().union(*(m.needs for m in self.methods))
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.student = self._build_student(n_cls, low_res)
         self.teacher = None
         if needs:
-            self.teacher = build_teacher(cfg.teacher, cfg.teacher_weights, n_cls, low_res).to(self.device)
+            self.teacher = build_teacher(cfg.teacher, cfg.teacher_weights, n_cls, low_res).to(self.device, memory_format=self.memory_format)
         elif cfg.teacher or cfg.teacher_weights:
             raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                             "a distillation method such as --method kd")
@@ -86,9 +95,14 @@ class Trainer:
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                                  find_unused_parameters=unused)
             self.s_signals.model = self.model
-        self.start_epoch, self.history = 0, []
+        self.start_epoch, self.start_batch, self.history = 0, 0, []
+        self.meters = EpochMeters(self.device)
+        self.stop = StopSignals()
         self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
-        if resume:
+        if resume and not os.path.exists(self.ckpt_path):
+            if self.dist.main:
+                _log(f"--resume: {cfg.out} holds no checkpoint yet; starting the run from the beginning")
+        elif resume:
             self._resume()
         elif os.path.exists(self.ckpt_path):
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
@@ -113,16 +127,16 @@ class Trainer:
                      f"{', ...' if len(left) > 4 else ''})")
         if cfg.dropout:
             tricks.add_dropout(student, cfg.dropout)
-        student = student.to(self.device)
-        if cfg.channels_last:
-            student = student.to(memory_format=torch.channels_last)
-        return student
+        return student.to(self.device, memory_format=self.memory_format)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, epoch: int) -> dict:
+    def _state(self, epoch: int, batch: int) -> dict:
+        """Everything a resume needs; ``batch`` batches of ``epoch`` are done (all of them at its end)."""
         return {
-            "kind": checkpoint.KIND, "fastkd_version": __version__, "epoch": epoch,
+            "kind": checkpoint.KIND, "fastkd_version": __version__, "epoch": epoch, "batch": batch,
+            "meters": self.meters.state_dict() if batch < len(self.train_loader) else None,
             "model_name": self.student.fastkd_name, "num_classes": self.data.num_classes,
+            "dataset": self.data.manifest["dataset"],
             "low_res": self.train_loader.low_res, "res": self.train_loader.res,
             "mean": self.data.mean, "std": self.data.std, "classes": self.data.classes,
             "model": self.student.state_dict(), "methods": [m.state_dict() for m in self.methods],
@@ -133,6 +147,14 @@ class Trainer:
 
     def _resume(self) -> None:
         state = checkpoint.load(self.ckpt_path)
+        if state.get("kind") != checkpoint.KIND:
+            raise UserError(f"{self.ckpt_path} is not a fastkd checkpoint; use another --out")
+        for what, saved, now in (("model", state["model_name"], self.student.fastkd_name),
+                                 ("dataset", state.get("dataset"), self.data.manifest["dataset"]),
+                                 ("class count", state["num_classes"], self.data.num_classes)):
+            if saved != now:
+                raise UserError(f"--resume: {self.ckpt_path} is a run of {what} {saved}, not {now}; "
+                                "rerun with the original options or use another --out")
         saved = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
         now = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUME_FREE}
         diff = sorted(k for k in now if saved.get(k) != now[k])
@@ -146,10 +168,18 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])  # the loss scale and its growth counter
         checkpoint.set_rng_state(state["rng"])
-        self.start_epoch, self.history = state["epoch"] + 1, list(state["history"])
+        self.history = list(state["history"])
+        if state["meters"] is None:  # an epoch end
+            self.start_epoch = state["epoch"] + 1
+        else:  # within an epoch: continue at its next batch with its metrics so far
+            self.start_epoch, self.start_batch = state["epoch"], state["batch"]
+            self.meters.load_state_dict(state["meters"])
+        if self.dist.main:
+            _log(f"resuming {self.cfg.out} at epoch {self.start_epoch + 1}, batch {self.start_batch + 1}")
 
     # ---- training ----------------------------------------------------------------------------
-    def _step(self, batch, epoch_pos: float) -> Dict[str, torch.Tensor]:
+    def _step(self, batch, epoch_pos: float) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """One optimiser step; returns the loss terms and the logits, still on the device (no sync)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.sched, epoch_pos)
         images = batch.images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else batch.images
@@ -157,17 +187,16 @@ class Trainer:
             s = self.s_signals(images)
             t = None
             if self.t_signals is not None:
-                with torch.no_grad():
+                with torch.inference_mode():
                     t = self.t_signals(images)
+                # outside inference mode, so that losses may save them for backward (FitNets, CRD)
+                t = {k: v.clone() if v.is_inference() else v for k, v in t.items()}
         exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
         terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(s["logits"], batch)}
         if t is not None:
             for m in exclusive or self.methods:
                 terms.update(m(s, t, batch.labels, batch.index))
         loss = sum(terms.values())
-        if not torch.isfinite(loss):
-            raise UserError(f"the loss became {float(loss)} at epoch {int(epoch_pos)}; lower --lr "
-                            f"(now {self.cfg.lr}) or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self._average_method_grads()
@@ -177,7 +206,7 @@ class Trainer:
         else:
             self.optimizer.step()
         terms["loss"] = loss
-        return {k: v.detach() for k, v in terms.items()} | {"logits": s["logits"].detach()}
+        return {k: v.detach() for k, v in terms.items()}, s["logits"].detach()
 
     def _average_method_grads(self) -> None:
         """Adapters (regressors, connectors, heads) live outside DDP: average their gradients across ranks
@@ -208,27 +237,71 @@ class Trainer:
         self.student.train()
         for m in self.methods:
             m.set_epoch(epoch)
-        n_batches, sums, seen, correct = len(self.train_loader), {}, 0, 0
-        start = time.time()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
-                   disable=not (self.cfg.progress and self.dist.main), file=sys.stderr, dynamic_ncols=True)
-        for i, batch in enumerate(self.train_loader.epoch(epoch)):
-            out = self._step(batch, epoch + i / n_batches)
-            logits = out.pop("logits")
-            n = len(batch.labels)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            seen += n
-            correct += topk_correct(logits, batch.labels, (1,))[1]
+        n_batches, first = len(self.train_loader), self.start_batch
+        every = min(LOG_MAX_STEPS, math.ceil(n_batches / LOGS_PER_EPOCH))
+        self._epoch_started, self.start_batch = time.time() - self.meters.seconds, 0
+        bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+                   leave=False, disable=not (self.cfg.progress and self.dist.main), file=sys.stderr, dynamic_ncols=True)
+        for done, batch in enumerate(self.train_loader.epoch(epoch, first), first + 1):
+            terms, logits = self._step(batch, epoch + (done - 1) / n_batches)
+            self.meters.add(terms, logits, batch.labels)
             bar.update(1)
-            bar.set_postfix(loss=f"{sums['loss'] / seen:.3f}")
+            due = self.cfg.checkpoint_every > 0 and time.time() - self._saved_at >= 60 * self.cfg.checkpoint_every
+            local = self.dist.world == 1 and (due or self.stop.signum)  # one process decides alone, every step
+            if done % every == 0 or done == n_batches or local:
+                seen = self._poll(epoch, done, due)
+                bar.set_postfix(loss=f"{seen['train_loss']:.3f}")
         bar.close()
-        seconds = time.time() - start
-        row = {f"train_{k}": v / max(seen, 1) for k, v in sums.items()}
-        row.update(train_top1=100.0 * correct / max(seen, 1), train_seconds=seconds,
-                   train_images_per_s=seen * self.dist.world / max(seconds, 1e-9),
+        row = self.meters.reduce()  # summed over ranks: the epoch's one all_reduce
+        seconds = time.time() - self._epoch_started
+        row.update(train_seconds=seconds, train_images_per_s=row["seen"] / max(seconds, 1e-9),
                    lr=lr_at(self.sched, epoch + 1))
+        del row["seen"], row["finite"]
+        self.meters = EpochMeters(self.device)
         return row
+
+    def _poll(self, epoch: int, done: int, due: bool) -> dict:
+        """Read the metrics (the loop's host sync); stop on a non-finite loss; write a checkpoint within the
+        epoch when one is due or a signal came, and exit after it on a signal. Under torchrun the ranks
+        agree on all three with one small all_reduce, so that they stop and save at the same step."""
+        seen = self.meters.read()
+        flags = torch.tensor([not seen["finite"], bool(self.stop.signum), due], dtype=torch.float32)
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            flags = flags.to(self.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad, stop, due = flags.tolist()
+        if bad:
+            self._diverged(epoch, done)
+        if (stop or due) and done < len(self.train_loader):  # an epoch end saves in fit()
+            self._save(epoch, done)
+        if stop and done < len(self.train_loader):  # at the epoch end, fit() exits after its checkpoint
+            self._exit(epoch, done)
+        return seen
+
+    def _diverged(self, epoch: int, done: int) -> None:
+        kept = f"; the last good checkpoint, {self.ckpt_path}, is kept" if os.path.exists(self.ckpt_path) else ""
+        raise UserError(f"the loss became non-finite (nan or inf) in epoch {epoch + 1} by batch {done}; lower --lr "
+                        f"(now {self.cfg.lr}) or check the data{kept}")
+
+    def _save(self, epoch: int, batch: int) -> None:
+        """Checkpoint (rank 0), unless the last step left non-finite weights or BN statistics (its loss was
+        still finite)."""
+        tensors = [t for net in (self.student, *self.methods) for t in net.state_dict().values()
+                   if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if not torch.nn.utils.get_total_norm(tensors).isfinite():  # one fused pass; nan/inf anywhere -> nan/inf
+            self._diverged(epoch, batch)
+        self.meters.seconds = time.time() - self._epoch_started  # unused at an epoch end (no meters saved)
+        if self.dist.main:
+            checkpoint.save_atomic(self.ckpt_path, self._state(epoch, batch))
+        self._saved_at = time.time()
+
+    def _exit(self, epoch: int, batch: int) -> None:
+        if self.dist.main:
+            _log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {epoch + 1}, batch {batch}; "
+                 f"checkpoint {self.ckpt_path} written; {resume_command(self.dist.world)}")
+        raise SystemExit(self.stop.exit_code if self.stop.signum else 143)
 
     def fit(self) -> dict:
         cfg, started = self.cfg, time.time()
@@ -236,18 +309,23 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
             with open(os.path.join(cfg.out, "config.json"), "w") as f:
                 json.dump(cfg.to_dict(), f, indent=2)
-        for epoch in range(self.start_epoch, cfg.epochs):
-            row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-            last = epoch + 1 == cfg.epochs
-            if last or (epoch + 1) % max(cfg.eval_every, 1) == 0:
-                row.update({f"{self.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
-            self.history.append(row)
-            if self.dist.main:
-                checkpoint.save_atomic(self.ckpt_path, self._state(epoch))
-                self._write_metrics()
-                acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
-                _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
-                     f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
+            for stale in glob.glob(glob.escape(self.ckpt_path) + ".tmp-*"):  # a write cut short by a kill
+                os.remove(stale)
+        self._saved_at = time.time()
+        with self.stop:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+                if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
+                    row.update({f"{self.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
+                self.history.append(row)
+                self._save(epoch, len(self.train_loader))
+                if self.dist.main:
+                    self._write_metrics()
+                    acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
+                    _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                         f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
+                if self.stop.signum and epoch + 1 < cfg.epochs:
+                    self._exit(epoch, len(self.train_loader))
         distributed.barrier()
         return self._summary(time.time() - started)
 

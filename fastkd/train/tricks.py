@@ -13,7 +13,7 @@ from torch import nn
 
 from fastkd.errors import UserError
 
-INITS = ("default", "kaiming", "xavier")
+from .config import INITS
 
 
 def initialise(model: nn.Module, scheme: str) -> None:
@@ -43,14 +43,22 @@ def initialise(model: nn.Module, scheme: str) -> None:
 
 
 def residual_last_norms(model: nn.Module) -> List[nn.BatchNorm2d]:
-    """The last BatchNorm of every block whose output is added to an identity path."""
+    """The last BatchNorm of every block whose output is added to an identity path.
+
+    Left out: the CIFAR ResNet's downsampling blocks, whose option-A shortcut zero-pads the new channels.
+    With a zero gamma (and beta) those channels would be ``relu(0 + 0)``, whose gradient is 0, so they
+    would never leave zero: in resnet32 48 of the 64 final channels stayed dead and training stalled at
+    chance. Those blocks are no identity anyway (torchvision's projection shortcuts carry every channel)."""
+    from fastkd.models.resnet_cifar import ShortcutA
+
     norms = []
     for m in model.modules():
         name = type(m).__name__
         if name == "Bottleneck" and hasattr(m, "bn3"):
             norms.append(m.bn3)
         elif name == "BasicBlock" and hasattr(m, "bn2"):
-            norms.append(m.bn2)
+            if not isinstance(getattr(m, "shortcut", None), ShortcutA):
+                norms.append(m.bn2)
         elif name == "InvertedResidual" and getattr(m, "use_res_connect", False):
             last = [x for x in m.modules() if isinstance(x, nn.BatchNorm2d)][-1]
             norms.append(last)
@@ -82,8 +90,6 @@ def classifier(model: nn.Module) -> nn.Module:
 def add_dropout(model: nn.Module, p: float) -> None:
     """Dropout (Srivastava et al. 2014) on the classifier's input, as a forward pre-hook so the model's
     structure and state dict stay torchvision's (it adds to any dropout the architecture already has)."""
-    if not 0 < p < 1:
-        raise UserError(f"--dropout {p} must be between 0 and 1")
     head = classifier(model)
 
     def hook(module, args):

@@ -17,7 +17,7 @@ def _state_dict(obj: dict, path: str) -> dict:
         return obj["model"]
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} holds neither a fastkd checkpoint nor a state dict; give a .pt/.pth of weights")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
