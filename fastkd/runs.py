@@ -1,4 +1,4 @@
-"""Run folders shared by multi-run commands (compare, ablate): reuse finished cells, write tables."""
+"""Run folders shared by multi-run commands (compare, ablate, grid): reuse finished cells, write tables."""
 from __future__ import annotations
 
 import json
@@ -7,16 +7,21 @@ import shutil
 import sys
 
 from fastkd.train.config import TrainConfig
-from fastkd.train.trainer import train
+from fastkd.train.trainer import CHECKPOINT, train
 
 
 def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
-    """The summary of the run in ``cfg.out``: read when it finished before, else trained (from scratch:
-    an unfinished cell restarts), so an interrupted multi-run command resumes cell by cell."""
+    """The summary of the run in ``cfg.out``: read when it finished before; continued from its last
+    checkpoint when it was stopped part-way (``fastkd train --resume`` semantics: a checkpoint written
+    with other options is refused); else trained from scratch. So an interrupted multi-run command
+    resumes cell by cell and a stopped cell loses at most the epoch it was in."""
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
         with open(done) as f:
             return json.load(f)
+    if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
+        print(f"[{tag}] {label} (resumed)", file=sys.stderr, flush=True)
+        return train(cfg, resume=True)
     shutil.rmtree(cfg.out, ignore_errors=True)
     print(f"[{tag}] {label}", file=sys.stderr, flush=True)
     return train(cfg)
