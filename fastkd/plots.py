@@ -72,7 +72,9 @@ def plot_curves(table, folder: str, suffix: str = "") -> List[str]:
             ax.set_ylabel("eval top-1 %", fontsize=8)
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=7)
+        labelled = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]
+        if labelled:
+            labelled[0].legend(fontsize=7)
         fig.suptitle(f"{table.student} with teacher {col}: training curves per cell", fontsize=10)
         written.append(_save(fig, os.path.join(folder, f"curves{suffix}-{col}.png")))
     return written
