@@ -24,6 +24,9 @@ from fastkd.errors import UserError
 from fastkd.report import format_table
 
 
+NO_TEACHER = "no-teacher"  # the one column of baselines-only folders
+
+
 class Run(NamedTuple):
     path: str
     student: str
@@ -129,7 +132,7 @@ def build_tables(root: str) -> List[Table]:
             elif run.grid_teacher:
                 keys = [("teacher", run.student)] if run.student in columns else []
             elif run.student == student:
-                keys = [("student", c) for c in columns or ["-"]]
+                keys = [("student", c) for c in columns or [NO_TEACHER]]
             else:
                 keys = [("teacher", run.student)] if run.student in columns else []
             for key in keys:
@@ -142,7 +145,7 @@ def build_tables(root: str) -> List[Table]:
         extra = [r for r in (published or {}).get("top1", {}) if r not in ("teacher", "student") + tuple(methods)]
         rows = [r for r in ["teacher", "student"] + methods + extra
                 if any(k[0] == r for k in cells) or r in (published or {}).get("top1", {})]
-        tables.append(Table(student, columns or ["-"], rows, cells, published))
+        tables.append(Table(student, columns or [NO_TEACHER], rows, cells, published))
     return tables
 
 

@@ -40,7 +40,7 @@ def plot_bars(table, path: str) -> str:
         lows += [s.mean - s.spread for s in stats if s]
         ax.bar(xs, means, width, yerr=[s.spread for s in stats if s], capsize=2, label=table.label(row),
                color=colours(i % 10))
-    ax.set_xticks(range(len(cols)), [f"teacher {c}" if c != "-" else "" for c in cols])
+    ax.set_xticks(range(len(cols)), [f"teacher {c}" for c in cols])
     ax.set_ylabel("top-1 %")
     if lows:
         ax.set_ylim(bottom=max(0.0, min(lows) - 5.0))
