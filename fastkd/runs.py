@@ -6,17 +6,20 @@ import os
 import shutil
 import sys
 
+from fastkd.errors import UserError
 from fastkd.train.config import TrainConfig
+from fastkd.train.trainer import _RESUME_FREE as RESUME_FREE
 from fastkd.train.trainer import CHECKPOINT, train
 
 
 def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
-    """The summary of the run in ``cfg.out``: read when it finished before; continued from its last
-    checkpoint when it was stopped part-way (``fastkd train --resume`` semantics: a checkpoint written
-    with other options is refused); else trained from scratch. So an interrupted multi-run command
-    resumes cell by cell and a stopped cell loses at most the epoch it was in."""
+    """The summary of the run in ``cfg.out``: read when it finished before with the same options (other
+    options: a UserError); continued from its last checkpoint when it was stopped part-way (``fastkd train
+    --resume`` semantics: a checkpoint written with other options is refused); else trained from scratch.
+    So an interrupted multi-run command resumes cell by cell, losing at most the epoch it was in."""
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
+        _check_same_options(cfg, label)
         with open(done) as f:
             return json.load(f)
     if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
@@ -25,6 +28,20 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
     shutil.rmtree(cfg.out, ignore_errors=True)
     print(f"[{tag}] {label}", file=sys.stderr, flush=True)
     return train(cfg)
+
+
+def _check_same_options(cfg: TrainConfig, label: str) -> None:
+    """A finished cell is reused only if it ran with ``cfg``'s options (those a resume may not change)."""
+    path = os.path.join(cfg.out, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+    if diff:
+        raise UserError(f"{cfg.out} ({label}) finished with other options ({', '.join(diff)}); delete that folder "
+                        "to run it again with these options, or choose another --out")
 
 
 def write_results(out: str, stem: str, result: dict) -> None:

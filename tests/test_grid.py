@@ -132,6 +132,14 @@ def test_report_rebuilds_the_same_table_from_the_run_folders(stopped_and_resumed
     assert (copy / "plots" / "bars.png").stat().st_size > 5000
 
 
+def test_finished_cells_are_not_reused_under_other_options(stopped_and_resumed, orl_data):
+    out, _, _ = stopped_and_resumed
+    before = (out / "report.md").read_text()
+    with pytest.raises(UserError, match=r"teachers/resnet32 \(teacher resnet32\) finished with other options \(epochs\)"):
+        run_grid(_spec(orl_data, out, train={**TRAIN, "epochs": 3}), progress=False)
+    assert (out / "report.md").read_text() == before
+
+
 def test_teacher_weights_and_recipe_with_published_numbers(stopped_and_resumed, orl_data, tmp_path):
     out, _, _ = stopped_and_resumed
     recipe = tmp_path / "r.json"
