@@ -45,7 +45,7 @@ def plot_bars(table, path: str) -> str:
     if lows:
         ax.set_ylim(bottom=max(0.0, min(lows) - 5.0))
     ax.set_title(f"{table.student}: top-1 by teacher (mean ± std over seeds)")
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
@@ -72,9 +72,9 @@ def plot_curves(table, folder: str, suffix: str = "") -> List[str]:
             ax.set_ylabel("eval top-1 %", fontsize=8)
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
-        labelled = [ax for ax in axes.flat if ax.get_legend_handles_labels()[0]]
-        if labelled:
-            labelled[0].legend(fontsize=7)
-        fig.suptitle(f"{table.student} with teacher {col}: training curves per cell", fontsize=10)
+        most = max(axes.flat, key=lambda ax: len(ax.get_legend_handles_labels()[0]))
+        if most.get_legend_handles_labels()[0]:
+            most.legend(fontsize=7)
+        fig.suptitle(f"{table.student} with teacher {col}: training curves per cell", fontsize=10, y=1.02)
         written.append(_save(fig, os.path.join(folder, f"curves{suffix}-{col}.png")))
     return written
