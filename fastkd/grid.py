@@ -3,7 +3,7 @@
 Teachers are the columns; the rows are the teacher baseline, the student baseline and one row per
 method, each over several seeds. Every cell is a normal run folder under ``out``::
 
-    teachers/<teacher>/             the teacher, trained once (seed = the first seed) or evaluated from
+    teachers/<teacher>/             the teacher, trained once (seed 0) or evaluated from
                                     --teacher-weights (summary.json only)
     student/seed<k>/                the student baseline (cross-entropy), shared by every column
     <teacher>/<method>/seed<k>/     the student distilled from that teacher
@@ -95,7 +95,8 @@ class Cell(NamedTuple):
 
 def plan(spec: GridSpec) -> List[Cell]:
     """Every cell in run order: teachers first (the method cells need them), then the baseline, then methods."""
-    cells = [Cell("teacher", t, spec.seeds[0], os.path.join(spec.out, "teachers", t)) for t in spec.teachers]
+    # teachers with seed 0 whatever the seeds, so adding seeds later reuses them
+    cells = [Cell("teacher", t, 0, os.path.join(spec.out, "teachers", t)) for t in spec.teachers]
     cells += [Cell("student", None, s, os.path.join(spec.out, "student", f"seed{s}")) for s in spec.seeds]
     cells += [Cell(m, t, s, os.path.join(spec.out, t, m, f"seed{s}"))
               for t in spec.teachers for m in spec.methods for s in spec.seeds]
