@@ -7,11 +7,12 @@ setup(
     python_requires=">=3.10",
     packages=[
         "fastkd", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
-        "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines",
+        "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines", "fastkd.recipes",
     ],
+    package_data={"fastkd.recipes": ["*.json"]},
     package_dir={"fastkd.converters": "converters", "fastkd.pipelines": "pipelines"},
     install_requires=["torch==2.14.1", "torchvision==0.29.1", "numpy", "scipy", "pillow", "click", "tqdm",
-                      "opencv-python"],
+                      "opencv-python", "matplotlib"],
     extras_require={
         "ffcv": ["ffcv==1.0.2"],
         "dali": ["nvidia-dali-cuda130"],

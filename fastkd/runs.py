@@ -1,4 +1,4 @@
-"""Run folders shared by multi-run commands (compare, ablate): reuse finished cells, write tables."""
+"""Run folders shared by multi-run commands (compare, ablate, grid): reuse finished cells, write tables."""
 from __future__ import annotations
 
 import json
@@ -7,20 +7,40 @@ import shutil
 import sys
 
 from fastkd.atomic import atomic_write_json, atomic_write_text
+from fastkd.errors import UserError
 from fastkd.train.config import TrainConfig
-from fastkd.train.trainer import train
+from fastkd.train.trainer import CHECKPOINT, train
 
 
 def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
-    """The summary of the run in ``cfg.out``: read when it finished before, else trained (from scratch:
-    an unfinished cell restarts), so an interrupted multi-run command resumes cell by cell."""
+    """The summary of the run in ``cfg.out``: read when it finished before with the same options (other
+    options: a UserError); continued from its last checkpoint when it was stopped part-way (``fastkd train
+    --resume`` semantics: a checkpoint written with other options is refused); else trained from scratch.
+    So an interrupted multi-run command resumes cell by cell, losing at most the epoch it was in."""
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
+        _check_same_options(cfg, label)
         with open(done) as f:
             return json.load(f)
+    if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
+        print(f"[{tag}] {label} (resumed)", file=sys.stderr, flush=True)
+        return train(cfg, resume=True)
     shutil.rmtree(cfg.out, ignore_errors=True)
     print(f"[{tag}] {label}", file=sys.stderr, flush=True)
     return train(cfg)
+
+
+def _check_same_options(cfg: TrainConfig, label: str) -> None:
+    """A finished cell is reused only if it ran with ``cfg``'s options (those a resume may not change)."""
+    path = os.path.join(cfg.out, "config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diff = cfg.differs_from(saved)
+    if diff:
+        raise UserError(f"{cfg.out} ({label}) finished with other options ({', '.join(diff)}); delete that folder "
+                        "to run it again with these options, or choose another --out")
 
 
 def write_results(out: str, stem: str, result: dict) -> None:

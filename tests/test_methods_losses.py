@@ -74,18 +74,19 @@ def ref_rkd(s, t):
     def psi_a(x):
         out = np.zeros((n, n, n))
         for i, j, k in itertools.product(range(n), range(n), range(n)):
-            if i != j and k != j:
-                a, b = x[i] - x[j], x[k] - x[j]
-                out[i, j, k] = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+            a, b = x[i] - x[j], x[k] - x[j]
+            na, nb = np.linalg.norm(a), np.linalg.norm(b)
+            if na > 0 and nb > 0:  # the unit vector of a zero difference is 0
+                out[i, j, k] = a @ b / (na * nb)
         return out
 
     return _huber(psi_d(s), psi_d(t)).mean(), _huber(psi_a(s), psi_a(t)).mean()
 
 
 def ref_at(s, t, p=2.0):
-    qs, qt = (np.abs(s) ** p).mean(axis=1), (np.abs(t) ** p).mean(axis=1)
-    h, w = min(qs.shape[1], qt.shape[1]), min(qs.shape[2], qt.shape[2])
-    qs, qt = _block_pool(qs, h, w).reshape(len(s), -1), _block_pool(qt, h, w).reshape(len(t), -1)
+    h, w = min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3])  # features pooled before the power
+    s, t = _block_pool(s, h, w), _block_pool(t, h, w)
+    qs, qt = (np.abs(s) ** p).mean(axis=1).reshape(len(s), -1), (np.abs(t) ** p).mean(axis=1).reshape(len(t), -1)
     qs = qs / np.linalg.norm(qs, axis=1, keepdims=True)
     qt = qt / np.linalg.norm(qt, axis=1, keepdims=True)
     return ((qs - qt) ** 2).mean()
@@ -171,13 +172,38 @@ def test_at_matches_hand_computation_across_stages_and_sizes():
     m = AT()
     ts, tt = {k: _t(v) for k, v in s.items()}, {k: _t(v) for k, v in t.items()}
     m.setup(ts, tt)
-    assert m(ts, tt, None)["at"].item() == pytest.approx(500 * sum(per_stage.values()), rel=1e-5)  # beta/2
+    # beta = 1000 on the sum over stages (RepDistiller / mdistiller), not the paper's beta/2
+    assert m(ts, tt, None)["at"].item() == pytest.approx(1000 * sum(per_stage.values()), rel=1e-5)
     two = AT(stages="stage1+stage3", p=4)
     assert two.needs == {"stage1", "stage3"}
-    expected = 500 * (ref_at(s["stage1"], t["stage1"], 4) + ref_at(s["stage3"], t["stage3"], 4))
+    expected = 1000 * (ref_at(s["stage1"], t["stage1"], 4) + ref_at(s["stage3"], t["stage3"], 4))
     assert two(ts, tt, None)["at"].item() == pytest.approx(expected, rel=1e-5)
     x = ts["stage2"]
     assert at_loss(x, 3.0 * x).item() == pytest.approx(0.0, abs=1e-12)  # normalised attention
+    # pooling the attention map after the power (instead of the features before it) is another number
+    qs = _block_pool((s["stage1"] ** 2).mean(axis=1), 4, 4).reshape(2, -1)
+    qt = (t["stage1"] ** 2).mean(axis=1).reshape(2, -1)
+    pooled_after = ((qs / np.linalg.norm(qs, axis=1, keepdims=True)
+                     - qt / np.linalg.norm(qt, axis=1, keepdims=True)) ** 2).mean()
+    assert abs(per_stage["stage1"] - pooled_after) > 0.1 * per_stage["stage1"]
+
+
+def test_rkd_angle_of_identical_embeddings_is_zero_with_zero_gradient():
+    s, t = _rng(2).normal(size=(6, 4)), _rng(3).normal(size=(6, 5))
+    s[1] = s[0]  # two samples with the same student embedding: a zero difference
+    _, angle = ref_rkd(s, t)
+    x = _t(s, grad=True)
+    loss = rkd_angle_loss(x, _t(t))
+    assert loss.item() == pytest.approx(angle, rel=1e-4)
+    loss.backward()
+    # a clamped norm (F.normalize) gives ~1e12 here; with the zero unit vector the gradient is that of
+    # the other triples, the size of the loss
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max().item() < 1.0
+    h = 1e-6  # and it is the float64 finite difference of the loss along a direction keeping s[0] == s[1]
+    v = _rng(4).normal(size=s.shape)
+    v[1] = v[0]
+    up, down = ref_rkd(s + h * v, t)[1], ref_rkd(s - h * v, t)[1]
+    assert float((x.grad.numpy().astype(np.float64) * v).sum()) == pytest.approx((up - down) / (2 * h), rel=1e-3)
 
 
 def test_dkd_matches_hand_computation_and_decomposes_kd():

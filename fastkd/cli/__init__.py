@@ -1,4 +1,4 @@
-"""The ``fastkd`` command: convert, verify, train, eval, bench, list, demo.
+"""The ``fastkd`` command: convert, verify, train, eval, compare, ablate, grid, report, bench, list, demo.
 
 A user's mistake (``UserError`` or a usage error) is printed as one line, ``fastkd: error: ...``, with
 exit code 2 and no traceback.
@@ -19,7 +19,7 @@ def cli():
 
 
 def main(argv=None) -> None:
-    from . import ablate, bench, compare, convert, demo, listing, train, verify  # noqa: F401  (register subcommands)
+    from . import ablate, bench, compare, convert, demo, grid, listing, train, verify  # noqa: F401  (register subcommands)
 
     try:
         cli.main(args=argv, prog_name="fastkd", standalone_mode=False)

@@ -50,8 +50,9 @@ class ConvRegressor(nn.Sequential):
 
     The FitNets regressor (Romero et al. 2015, section 2.2, a convolutional regressor), in the
     conv+BN form of mdistiller / CRD. No ReLU: some hint taps (MobileNetV2's linear bottlenecks)
-    take negative values that a ReLU output could not match. Spatial sizes are handled by
-    :func:`match_spatial` after the regressor, so it is independent of the input resolution.
+    take negative values that a ReLU output could not match (RepDistiller's / mdistiller's ``ConvReg``
+    ends with one). Spatial sizes are handled by :func:`match_spatial` after the regressor, so it is
+    independent of the input resolution (``ConvReg`` changes its kernel/stride to the size ratio instead).
     """
 
     def __init__(self, in_channels: int, out_channels: int):

@@ -26,25 +26,26 @@ def at_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, p: float = 2.0
                  - \frac{Q^t_n}{\lVert Q^t_n\rVert_2} \right\rVert_2^2
 
     Channel counts may differ (the map sums over channels). If the spatial sizes differ, the larger
-    *attention map* is adaptive-average pooled to the smaller H x W before normalising. The mean over
-    the N * H*W elements is the paper's "beta divided by the number of elements in the attention map
-    and the batch size" (section 4.1); the squared norm is that of the authors' code.
+    *feature map* is adaptive-average pooled to the smaller H x W before the power, as in the
+    authors', RepDistiller's and mdistiller's code (pooling the attention map after the power would
+    give a different, larger value). The mean over the N * H*W elements is the paper's "beta divided by
+    the number of elements in the attention map and the batch size" (section 4.1).
     """
-    qs, qt = match_spatial(attention_map(student_map, p), attention_map(teacher_map.detach(), p))
-    qs, qt = F.normalize(qs.flatten(1), dim=1), F.normalize(qt.flatten(1), dim=1)
+    fs, ft = match_spatial(student_map.float(), teacher_map.detach().float())
+    qs, qt = F.normalize(attention_map(fs, p).flatten(1), dim=1), F.normalize(attention_map(ft, p).flatten(1), dim=1)
     return (qs - qt).pow(2).mean()
 
 
 @register_method("at")
 class AT(Method):
-    r"""Total loss = ``ce_weight`` * CE + :math:`\frac{\beta}{2} \sum_j` ``at_loss(student[j], teacher[j])``.
+    r"""Total loss = ``ce_weight`` * CE + :math:`\beta \sum_j` ``at_loss(student[j], teacher[j])``.
 
     ``stages``: the stage taps paired (stage j of the student with stage j of the teacher); default
     ``stage1,stage2,stage3``, every stage of the 3-stage families and the three that all families have
     (add ``stage4`` for two 4-stage models: ``--opt at.stages=stage1,stage2,stage3,stage4``; the paper
-    uses the last two groups on ImageNet). beta = 1000 and p = 2 (paper), CE weight 1. The paper's
-    eq. 2 has beta/2, so each stage term is weighted 500 here; CRD / mdistiller apply 1000 without the
-    halving (twice this loss).
+    uses the last two groups on ImageNet). beta = 1000 on the *sum* over stages, p = 2, CE weight 1:
+    the effective weight of RepDistiller (``-b 1000``) and mdistiller (``FEAT_WEIGHT 1000``). The
+    paper's eq. 2 writes beta/2, which halves it; the reference code does not, and neither do we.
     """
 
     name = "at"
@@ -65,7 +66,7 @@ class AT(Method):
 
     def forward(self, student, teacher, labels, index=None):
         total = sum(at_loss(student[j], teacher[j], self.p) for j in self.stages)
-        return {"at": self.beta / 2 * total}
+        return {"at": self.beta * total}
 
     def options(self):
         return {"beta": self.beta, "p": self.p, "stages": list(self.stages)}

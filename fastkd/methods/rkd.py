@@ -37,7 +37,7 @@ def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, eps:
     return F.smooth_l1_loss(psi(student_emb.float()), psi(teacher_emb.detach().float()), beta=1.0)
 
 
-def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
     r"""Angle-wise RKD (paper eqs. 6-7): Huber loss between the cosines of the triplet angles.
 
     .. math::
@@ -45,12 +45,17 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, eps: fl
         e^{ij} = \frac{x_i - x_j}{\lVert x_i - x_j \rVert_2}, \qquad
         L_A = \frac{1}{N^3} \sum_{i,j,k} \ell_\delta\!\left(\psi_A(t_i,t_j,t_k), \psi_A(s_i,s_j,s_k)\right)
 
-    Averaged over all :math:`N^3` triples as in the authors' code; degenerate triples (``i = j`` or
-    ``k = j``, unit vector taken as 0) give 0 in both networks. Memory: N x N x D.
+    Averaged over all :math:`N^3` triples as in the authors' code. The unit vector of a zero
+    difference (``i = j``, or two samples with identical embeddings) is 0 *with zero gradient*, so such
+    triples contribute a cosine of 0. The reference code divides by a clamped norm (``F.normalize``,
+    eps 1e-12) instead: same value, but two identical student embeddings get gradients of ~1e12.
+    Memory: N x N x D.
     """
     def psi(x):
         d, dist = _differences(x.flatten(1))
-        e = d / dist.clamp_min(eps).unsqueeze(2)   # e[j, i] = unit vector from x_j to x_i
+        nonzero = dist > 0
+        safe = torch.where(nonzero, dist, torch.ones_like(dist)).unsqueeze(2)
+        e = torch.where(nonzero.unsqueeze(2), d / safe, torch.zeros_like(d))  # e[j, i]: unit x_j -> x_i
         return torch.bmm(e, e.transpose(1, 2))     # [j, i, k] = <e^{ij}, e^{kj}>
 
     return F.smooth_l1_loss(psi(student_emb.float()), psi(teacher_emb.detach().float()), beta=1.0)

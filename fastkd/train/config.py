@@ -13,6 +13,9 @@ SCHEDULES = ("cosine", "step", "multistep", "constant")
 INITS = ("default", "kaiming", "xavier")
 AMP_MODES = ("off", "bf16", "fp16")
 
+# options that do not change the numbers a run produces, so a resume may differ in them
+RESUME_FREE = frozenset({"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"})
+
 
 @dataclass
 class TrainConfig:
@@ -90,6 +93,12 @@ class TrainConfig:
         need(0 <= self.erasing <= 1, "erasing", "is a probability; give a value in [0, 1]")
         need(0 <= self.cutout < 1, "cutout", "is a fraction of the image side; give a value in [0, 1)")
         need(self.res is None or self.res >= 8, "res", "must be at least 8 (pixels)")
+
+    def differs_from(self, saved: dict) -> List[str]:
+        """Options in which this config differs from a saved one's ``to_dict()``, ignoring those a resume
+        (or the reuse of a finished run) may change."""
+        now = self.to_dict()
+        return sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
 
     def to_dict(self) -> dict:
         return asdict(self)

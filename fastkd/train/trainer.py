@@ -38,8 +38,6 @@ from .signals import prepare_methods
 from .weights import build_teacher
 
 CHECKPOINT = "checkpoint.pt"
-# options that do not change the numbers a run produces, so a resume may differ in them
-_RESUME_FREE = {"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"}
 LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
 
 
@@ -155,9 +153,7 @@ class Trainer:
             if saved != now:
                 raise UserError(f"--resume: {self.ckpt_path} is a run of {what} {saved}, not {now}; "
                                 "rerun with the original options or use another --out")
-        saved = {k: v for k, v in state["config"].items() if k not in _RESUME_FREE}
-        now = {k: v for k, v in self.cfg.to_dict().items() if k not in _RESUME_FREE}
-        diff = sorted(k for k in now if saved.get(k) != now[k])
+        diff = self.cfg.differs_from(state["config"])
         if diff:
             raise UserError(f"--resume with options that differ from the saved run ({', '.join(diff)}); "
                             "rerun with the original options or use another --out")

@@ -1,0 +1,86 @@
+"""``fastkd grid`` (teachers x methods x seeds, resumable) and ``fastkd report`` (its table from run folders)."""
+from __future__ import annotations
+
+import click
+
+from fastkd.errors import UserError
+
+from . import cli
+
+
+def _names(value):
+    return [v.strip() for v in value.split(",") if v.strip()] if value is not None else None
+
+
+def _weights(items):
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--teacher-weights {item!r} is not NAME=PATH (e.g. --teacher-weights ResNet18=r18.pt)")
+        out[name.strip()] = path.strip()
+    return out
+
+
+@cli.command()
+@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
+@click.option("--out", required=True, help="Grid folder: one run folder per cell, report.md/csv/json, plots/.")
+@click.option("--recipe", default=None, help="A shipped recipe (cifar100-seed, crd-cifar100) or a recipe JSON "
+              "file; the options below override it.")
+@click.option("--teachers", default=None, help="Comma list of teacher models (the table's columns).")
+@click.option("--student", default=None, help="The student model.")
+@click.option("--methods", default=None, help="Comma list of methods (rows), e.g. kd,fitnets,rkd,pkt,l2,at,overhaul.")
+@click.option("--seeds", default=None, help="Comma list of seeds [recipe, else 0,1,2].")
+@click.option("--teacher-weights", "teacher_weights", multiple=True, metavar="NAME=PATH",
+              help="Use these weights for teacher NAME instead of training it (repeat per teacher).")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every run [recipe, else 30].")
+@click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Epochs of the teachers only.")
+@click.option("--batch-size", type=click.IntRange(1), default=None)
+@click.option("--lr", type=float, default=None, help="Learning rate of every run.")
+@click.option("--student-lr", type=float, default=None, help="Learning rate of the student runs only.")
+@click.option("--res", type=int, default=None)
+@click.option("--backend", default=None, help="Data pipeline [torch].")
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default=None, help="auto, cpu or cuda [auto].")
+@click.option("--quiet", is_flag=True, help="No per-epoch progress bars (grid progress lines stay).")
+def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, epochs, teacher_epochs, batch_size,
+         lr, student_lr, res, backend, workers, device, quiet):
+    """Teachers x methods x seeds: train or load each teacher once, the student baseline, every cell;
+    skips finished cells, resumes a stopped one; writes the table (Markdown, CSV) and plots."""
+    from fastkd.grid import GridSpec, run_grid
+    from fastkd.pipelines import BACKENDS, open_converted
+    from fastkd.recipes import load_recipe
+
+    r = load_recipe(recipe) if recipe else {}
+    try:
+        seed_list = [int(s) for s in _names(seeds)] if seeds is not None else list(r.get("seeds", [0, 1, 2]))
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} must be a comma list of integers")
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
+                 device=device)
+    train = {**r.get("train", {}), **{k: v for k, v in given.items() if v is not None}}
+    teacher_train = {**r.get("teacher_train", {}), **({"epochs": teacher_epochs} if teacher_epochs else {})}
+    student_train = {**r.get("student_train", {}), **({"lr": student_lr} if student_lr is not None else {})}
+    if lr is not None and student_lr is None:
+        student_train.pop("lr", None)  # --lr alone sets every run's rate
+    spec = GridSpec(data=data, out=out, teachers=_names(teachers) or r.get("teachers", []),
+                    student=student or r.get("student") or "", methods=_names(methods) or r.get("methods", []),
+                    seeds=seed_list, teacher_weights=_weights(teacher_weights), train=train,
+                    teacher_train=teacher_train, student_train=student_train,
+                    method_options=r.get("method_options", {}), published=r.get("published"),
+                    description=r.get("description", ""))
+    if not spec.student:
+        raise UserError("give --student (or a --recipe that names one)")
+    BACKENDS.canonical(train.get("backend", "torch"))
+    open_converted(data)
+    run_grid(spec, progress=not quiet)
+
+
+@cli.command()
+@click.argument("folder")
+def report(folder):
+    """Rewrite report.md/csv/json and plots/ of FOLDER from its finished runs (grid, compare or train), without
+    training."""
+    from fastkd.gridreport import write_report
+
+    write_report(folder)
