@@ -54,7 +54,8 @@ class Loader:
         if self.augment is not None and self.augment.mixing and batch_size % 2:
             raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
                             f"need an even batch size; got {batch_size}")
-        self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
+        self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world,
+                             batch_size=batch_size, drop_last=self.drop_last)
         cls = BACKENDS.get(backend)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
                             self.order, self.drop_last, pad=self.policy.pad)
