@@ -1,8 +1,10 @@
-"""torchrun support: process group from the environment, one device per rank, rank 0 writes."""
+"""torchrun support: process group from the environment, one device per rank, rank 0 writes, metrics
+averaged over the ranks, elastic restarts resume."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Dict, Sequence
 
 import torch
 import torch.distributed as dist
@@ -48,3 +50,26 @@ def resolve_device(name: str, d: Dist) -> torch.device:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (read from the environment, so it holds before the process group exists),
+    or a process outside torchrun: the one that writes files and prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def elastic_restart() -> int:
+    """How many times torchrun (``--max-restarts``) has restarted this job's workers; 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def mean_over_ranks(row: Dict[str, float], keys: Sequence[str]) -> Dict[str, float]:
+    """``row`` with ``keys`` replaced by their mean over the ranks (one all-reduce; every rank calls it with
+    the same keys). Per-sample averages of equal-sized rank shards (training drops the partial last global
+    batch) average to the global one."""
+    if not (dist.is_available() and dist.is_initialized()) or not keys:
+        return row
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(row[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {**row, **dict(zip(keys, (t / dist.get_world_size()).tolist()))}

@@ -23,7 +23,7 @@ from fastkd.methods import parse_methods
 from fastkd.models import count_parameters, create_model
 from fastkd.pipelines import Loader, open_converted
 
-from . import checkpoint, distributed, tricks
+from . import checkpoint, distributed, sync_bn, tricks
 from .config import TrainConfig
 from .evaluate import evaluate, topk_correct
 from .schedule import lr_at
@@ -33,6 +33,7 @@ from .weights import build_teacher
 CHECKPOINT = "checkpoint.pt"
 # options that do not change the numbers a run produces, so a resume may differ in them
 _RESUME_FREE = {"progress", "workers", "device", "eval_every", "backend"}
+_PER_RANK = {"train_seconds", "train_images_per_s"}  # the train_* metrics that are not per-sample means
 
 
 def _log(msg: str) -> None:
@@ -114,6 +115,8 @@ class Trainer:
         if cfg.dropout:
             tricks.add_dropout(student, cfg.dropout)
         student = student.to(self.device)
+        if cfg.sync_bn:
+            student = sync_bn.convert(student, self.device)
         if cfg.channels_last:
             student = student.to(memory_format=torch.channels_last)
         return student
@@ -238,6 +241,7 @@ class Trainer:
                 json.dump(cfg.to_dict(), f, indent=2)
         for epoch in range(self.start_epoch, cfg.epochs):
             row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+            row = distributed.mean_over_ranks(row, [k for k in row if k.startswith("train_") and k not in _PER_RANK])
             last = epoch + 1 == cfg.epochs
             if last or (epoch + 1) % max(cfg.eval_every, 1) == 0:
                 row.update({f"{self.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
@@ -248,8 +252,9 @@ class Trainer:
                 acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
                 _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
                      f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
-        distributed.barrier()
-        return self._summary(time.time() - started)
+        summary = self._summary(time.time() - started)
+        distributed.barrier()  # summary.json is written when any rank returns
+        return summary
 
     def _write_metrics(self) -> None:
         tmp = os.path.join(self.cfg.out, "metrics.jsonl.tmp")
@@ -286,6 +291,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    if distributed.elastic_restart() and os.path.exists(os.path.join(cfg.out, CHECKPOINT)):
+        resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
+        if distributed.is_main_process():
+            _log(f"torchrun restart {distributed.elastic_restart()}: resuming from {os.path.join(cfg.out, CHECKPOINT)}")
     trainer = Trainer(cfg, resume=resume)
     try:
         return trainer.fit()
