@@ -4,11 +4,14 @@ elastically restarted job resumes from its last checkpoint.
 Tolerance. Both sides run float32 and differ only in reduction order (DDP's gradient all-reduce, the
 synchronised BatchNorm's sums): on the ORL faces, resnet32's float32 gradients differ from float64 by ~1e-3
 relative (measured, one step), so two float32 orders agree only to about that per step, and SGD compounds
-it over the run's 10 steps. A small learning rate (0.002) keeps that growth small; measured with ce on a
-2-core CPU: losses within 1e-3, weights and BN buffers within 0.013. Both sides use ``--sync-bn``: without
-it each rank normalises with its own half-batch statistics, a different model (measured: epoch-1 loss off
-by 2.8e-3, BN running variances by 0.15, so the weight tolerance below, 0.04, tells the two apart);
-with it every BatchNorm uses the global batch's statistics, as one process does (see train/sync_bn.py).
+it over the run's 10 steps. A small learning rate (0.002) keeps that growth small. Measured (2-core CPU):
+ce: losses within 1e-3, weights and BN buffers within 0.013; kd+at and crd, whose random teacher makes
+large losses (KD ~35 at T=4) and so larger gradients carrying more float32 noise: losses within 7e-3
+relative, weights and buffers within 0.05 (kd+at) and 0.083 (crd, BN running variances; its memory banks
+within 0.01, its heads 1e-5, Z equal). Both sides use ``--sync-bn``: without it each rank normalises with
+its own half-batch statistics, a different model (measured with ce: epoch-1 loss off by 2.8e-3, BN running
+variances by 0.15, outside ce's tolerances below); with it every BatchNorm uses the global batch's
+statistics, as one process does (see train/sync_bn.py).
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train
 
-LOSS_TOL, WEIGHT_TOL = 2e-3, 0.04
+# method: (loss tolerance, relative to max(1, |loss|); weight and buffer tolerance, absolute)
+TOLERANCE = {"ce": (2e-3, 0.04), "kd+at": (1e-2, 0.1), "crd": (1e-2, 0.1)}
 ARGS = dict(student="resnet32", epochs=2, res=32, workers=0, device="cpu", lr=0.002, progress=False,
             sync_bn=True, seed=5)
 
@@ -64,7 +68,7 @@ def _metrics(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("method", ["ce"])
+@pytest.mark.parametrize("method", list(TOLERANCE))
 def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher, tmp_path, method):
     cfg = dict(ARGS, data=orl_data, method=method)
     if method != "ce":
@@ -75,11 +79,15 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher,
     result = _torchrun(2, "-m", "fastkd", "train", *_cli_args(cfg, two, 32))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('"student"') == 1  # rank 0 alone reports
+    loss_tol, weight_tol = TOLERANCE[method]
     a, b = _metrics(one), _metrics(two)
     assert [r["epoch"] for r in b] == [1, 2] and b[-1]["test_count"] == 80  # every test sample once
     for ra, rb in zip(a, b):
-        for key in ("train_loss", "test_loss"):
-            assert abs(ra[key] - rb[key]) <= LOSS_TOL, (method, ra["epoch"], key, ra[key], rb[key])
+        # the test loss of a student distilled from a random teacher is ~13 (confidently wrong), where float
+        # noise in its logits is amplified (measured 1.5% off for kd+at): compared for ce only
+        for key in ("train_loss", "test_loss") if method == "ce" else ("train_loss",):
+            assert abs(ra[key] - rb[key]) <= loss_tol * max(1.0, abs(ra[key])), (method, ra["epoch"], key, ra[key],
+                                                                                 rb[key])
     sa, sb = checkpoint.load(one / "checkpoint.pt"), checkpoint.load(two / "checkpoint.pt")
     states = [(sa["model"], sb["model"])] + list(zip(sa["methods"], sb["methods"]))
     compared = 0
@@ -87,7 +95,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher,
         assert x.keys() == y.keys()
         for key in x:
             if torch.is_tensor(x[key]) and x[key].is_floating_point():
-                torch.testing.assert_close(y[key], x[key], rtol=0, atol=WEIGHT_TOL, msg=f"{method} {key}")
+                torch.testing.assert_close(y[key], x[key], rtol=0, atol=weight_tol, msg=f"{method} {key}")
                 compared += 1
             elif torch.is_tensor(x[key]):
                 assert torch.equal(x[key], y[key]), key  # e.g. BatchNorm's batch counters
