@@ -81,8 +81,7 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
         prev = top1
     result = {"model": cfg.student, "data": cfg.data, "epochs": cfg.epochs, "seed": cfg.seed, "cells": cells,
               "table": format_table(HEADERS, table, markdown=True)}
-    write_results(out, "ablation", result)
-    print(format_table(HEADERS, table))
+    write_results(out, "ablation", result, format_table(HEADERS, table))
     return result
 
 

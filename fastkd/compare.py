@@ -37,6 +37,5 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
               "seeds": list(seeds), "epochs": base.epochs, "res": base.res,
               "cells": {f"{m}/seed{s}": v for (m, s), v in cells.items()},
               "table": format_table(HEADERS, rows, markdown=True)}
-    write_results(out, "compare", result)
-    print(format_table(HEADERS, rows))
+    write_results(out, "compare", result, format_table(HEADERS, rows))
     return result

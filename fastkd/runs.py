@@ -8,6 +8,7 @@ import sys
 
 from fastkd.atomic import atomic_write_json, atomic_write_text
 from fastkd.errors import UserError
+from fastkd.train import distributed
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import CHECKPOINT, train
 
@@ -25,8 +26,11 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
     if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
         print(f"[{tag}] {label} (resumed)", file=sys.stderr, flush=True)
         return train(cfg, resume=True)
-    shutil.rmtree(cfg.out, ignore_errors=True)
-    print(f"[{tag}] {label}", file=sys.stderr, flush=True)
+    distributed.init(cfg.device)  # under torchrun: the process group, for the barrier
+    if distributed.is_main_process():  # rank 0 owns the run folders
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        print(f"[{tag}] {label}", file=sys.stderr, flush=True)
+    distributed.barrier()  # no rank opens the cell before rank 0 has cleared it
     return train(cfg)
 
 
@@ -43,8 +47,12 @@ def _check_same_options(cfg: TrainConfig, label: str) -> None:
                         "to run it again with these options, or choose another --out")
 
 
-def write_results(out: str, stem: str, result: dict) -> None:
-    """``<stem>.json`` (everything) and ``<stem>.md`` (the Markdown table) in ``out``."""
+def write_results(out: str, stem: str, result: dict, table: str) -> None:
+    """``<stem>.json`` (everything) and ``<stem>.md`` (the Markdown table) in ``out``, and the table on
+    stdout; by rank 0 alone under torchrun."""
+    if not distributed.is_main_process():
+        return
+    print(table)
     os.makedirs(out, exist_ok=True)
     atomic_write_json(os.path.join(out, f"{stem}.json"), result)
     atomic_write_text(os.path.join(out, f"{stem}.md"), result["table"] + "\n")

@@ -58,7 +58,8 @@ class Loader:
         if self.augment is not None and self.augment.mixing and batch_size % 2:
             raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
                             f"need an even batch size; got {batch_size}")
-        self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world)
+        self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world,
+                             batch_size=batch_size, drop_last=self.drop_last)
         self._skip = (None, 0)  # (epoch, samples): where epoch(e, start) resumes in e's order
         name = BACKENDS.canonical(backend)
         cls = BACKENDS.get(name)

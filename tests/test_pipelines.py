@@ -259,10 +259,14 @@ def test_epoch_order_is_pure_and_shards_by_rank():
     assert not np.array_equal(a, epoch_order(103, 9, 5, shuffle=True))
     assert not np.array_equal(a, epoch_order(103, 10, 4, shuffle=True))
     np.testing.assert_array_equal(epoch_order(103, 9, 4, shuffle=False), np.arange(103))
-    parts = [epoch_order(103, 9, 4, shuffle=True, rank=r, world=4) for r in range(4)]
-    assert {len(p) for p in parts} == {26}  # padded to 104 by wrapping
-    merged = np.concatenate(parts)
-    assert set(merged.tolist()) == set(range(103)) and len(merged) == 104
+    # 4 ranks of batch 8: blocks of 8 of the one-process order, dealt in rank order per global batch of 32
+    parts = [epoch_order(103, 9, 4, shuffle=True, rank=r, world=4, batch_size=8) for r in range(4)]
+    assert [len(p) for p in parts] == [31, 24, 24, 24]  # the partial last global batch (7): rank 0, no padding
+    per_rank = [batches(p, 8, False) for p in parts]
+    merged = np.concatenate([b[k] for k in range(4) for b in per_rank if k < len(b)])
+    np.testing.assert_array_equal(merged, a)
+    kept = [epoch_order(103, 9, 4, shuffle=True, rank=r, world=4, batch_size=8, drop_last=True) for r in range(4)]
+    np.testing.assert_array_equal(np.concatenate([k.reshape(3, 8) for k in kept], 1), a[:96].reshape(3, 32))
     assert num_batches(26, 8, True) == 3 and num_batches(26, 8, False) == 4
     assert [len(b) for b in batches(np.arange(26), 8, False)] == [8, 8, 8, 2]
 

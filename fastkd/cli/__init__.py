@@ -1,10 +1,12 @@
 """The ``fastkd`` command: convert, verify, train, eval, compare, ablate, grid, report, bench, list, demo.
 
 A user's mistake (``UserError`` or a usage error) is printed as one line, ``fastkd: error: ...``, with
-exit code 2 and no traceback.
+exit code 2 and no traceback; so is a full disk (ENOSPC, or EDQUOT: over quota), exit code 1: every
+writer writes under a temporary name and renames when complete, so the previous complete file is intact.
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -37,6 +39,13 @@ def main(argv=None) -> None:
     except KeyboardInterrupt:
         click.echo("fastkd: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        click.echo(f"fastkd: error: no space left on device{where}; free space and rerun (the previous complete "
+                   "file is kept)", err=True)
+        sys.exit(1)
 
 
 def _command_path(argv):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
 
@@ -80,6 +79,8 @@ def _check_method_options(cfg) -> None:
               help="Mixed precision (autocast; fp16 adds a gradient scaler, saved in checkpoints).")
 @click.option("--channels-last", is_flag=True, help="NHWC memory format (faster convolutions on GPUs).")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
+@click.option("--sync-bn", is_flag=True, help="torchrun: BatchNorm statistics over the global batch of all ranks "
+              "(N ranks then train as one process with batch N x B).")
 @click.option("--no-augment", "views", flag_value=False, default=True,
               help="Train on centre views (no crop/flip).")
 @click.option("--erasing", type=float, default=0.0, show_default=True,
@@ -109,6 +110,7 @@ def train(opts, milestones, resume, quiet, **kw):
     """Train a model with cross-entropy, or distil a teacher into a student."""
     from fastkd.pipelines import BACKENDS
     from fastkd.train.config import TrainConfig
+    from fastkd.train.distributed import is_main_process
     from fastkd.train.trainer import train as run
 
     BACKENDS.canonical(kw["backend"])
@@ -119,7 +121,7 @@ def train(opts, milestones, resume, quiet, **kw):
     cfg = TrainConfig(**kw, milestones=ms, method_options=parse_method_options(opts), progress=not quiet)
     _check_method_options(cfg)
     summary = run(cfg, resume=resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+    if is_main_process():  # under torchrun only rank 0 reports
         click.echo(json.dumps(summary, indent=2))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -37,16 +37,16 @@ def init_memory(n_data: int, dim: int, generator: Optional[torch.Generator] = No
     return torch.rand(n_data, dim, generator=generator).mul_(2.0 * stdv).sub_(stdv)
 
 
-def sample_negatives(index: torch.Tensor, n_data: int, k: int, seed: int, step: int, rank: int = 0) -> torch.Tensor:
+def sample_negatives(index: torch.Tensor, n_data: int, k: int, seed: int, step: int) -> torch.Tensor:
     """``len(index) x k`` negative dataset indices, uniform over ``{0..n_data-1} \\ {index[b]}`` for row ``b``,
-    drawn with replacement. A pure function of ``(seed, step, rank)`` and the positives: a fresh generator
+    drawn with replacement. A pure function of ``(seed, step)`` and the positives: a fresh generator
     on ``index.device`` is seeded with :func:`stream_seed` each call, so a resumed run draws the same
     negatives at the same step (on the same device type: CPU and CUDA generators differ)."""
     if n_data < 2:
         raise ValueError(f"need at least 2 samples to draw negatives, got n_data={n_data}")
     positives = index.reshape(-1, 1).long()
     g = torch.Generator(device=positives.device)
-    g.manual_seed(stream_seed(seed, _NEGATIVE_STREAM, rank, step))
+    g.manual_seed(stream_seed(seed, _NEGATIVE_STREAM, 0, step))  # 0: one stream for all ranks
     r = torch.randint(0, n_data - 1, (positives.shape[0], k), generator=g, device=positives.device)
     return r + (r >= positives).long()  # skip the positive: a uniform draw over the n_data - 1 others
 
@@ -112,14 +112,17 @@ class Embed(nn.Module):
         return F.normalize(self.linear(x.flatten(1)), dim=1)
 
 
-def _all_gather_rows(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """Concatenate each tensor's rows over all ranks (rank order); batch sizes may differ between ranks."""
-    world = dist.get_world_size()
-    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
+def _batch_sizes(batch: torch.Tensor) -> List[int]:
+    """The batch size of every rank, in rank order."""
+    n = torch.tensor([batch.shape[0]], device=batch.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    top = max(sizes)
+    return [int(s) for s in sizes]
+
+
+def _all_gather_rows(sizes: List[int], *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Concatenate each tensor's rows over all ranks (rank order); ``sizes``: every rank's row count."""
+    world, top = len(sizes), max(sizes)
     out = []
     for t in tensors:
         padded = torch.cat([t, t.new_zeros((top - t.shape[0], *t.shape[1:]))]) if t.shape[0] < top else t
@@ -149,14 +152,17 @@ class CRD(Method):
     (:func:`sample_negatives`): the noise distribution :math:`P_n = 1/N` of the paper and of the reference
     memory's own (alias-method, uniform) sampler, minus its chance of drawing the positive itself. (The
     reference's CIFAR-100 loader instead passes, in its ``exact`` mode, K samples of *other classes*
-    drawn without replacement.) Draws are a pure function of (``seed``, step, rank); ``seed`` defaults to
+    drawn without replacement.) Draws are a pure function of (``seed``, step) and the global batch's
+    positives; ``seed`` defaults to
     the run's seed (``torch.initial_seed()`` at :meth:`setup`, which the trainer sets from ``--seed``).
 
     Needs ``dataset_size`` (the train split's length, set by the trainer before :meth:`setup`) and the
     batch's dataset ``index`` in :meth:`forward`. Banks and ``Z`` are buffers and the step counter and
     seed extra state, so ``state_dict`` holds all of it and a resumed run continues exactly. Under
-    ``torch.distributed`` the bank update uses the embeddings of all ranks (all-gather) and ``Z`` is the
-    mean of the ranks' first-batch estimates, so the banks stay identical on every rank.
+    ``torch.distributed`` every rank computes what one process with the global batch (the ranks' batches
+    concatenated in rank order) computes: the negatives are drawn for the global batch's positives
+    (all-gathered) and each rank takes its rows, ``Z`` is estimated over the global batch, and the banks are
+    updated with the embeddings of all ranks (all-gather), so they stay identical on every rank.
     """
 
     name = "crd"
@@ -239,37 +245,43 @@ class CRD(Method):
                                 f"samples in the training split")
             self._index_checked = True
         rank, world = rank_world()
+        everyone, sizes, first = index, [index.numel()], 0  # the global batch's positives; this rank's rows
+        if world > 1:
+            sizes = _batch_sizes(index)
+            (everyone,), first = _all_gather_rows(sizes, index), sum(sizes[:rank])
         dev = self.memory_s.device
         no_autocast = (torch.autocast(dev.type, enabled=False) if dev.type in ("cuda", "cpu")
                        else contextlib.nullcontext())
         with no_autocast:
             f_s = self.embed_s(s_emb.float())
             f_t = self.embed_t(t_emb.float())
-            negatives = sample_negatives(index, n, self.k, self._seed, self._step, rank)
+            negatives = sample_negatives(everyone, n, self.k, self._seed, self._step)[first : first + len(index)]
             idx = torch.cat([index.unsqueeze(1), negatives], dim=1)
             p_s = contrast_exp_scores(f_s, self.memory_t, idx, self.temperature, self._dense)
             p_t = contrast_exp_scores(f_t, self.memory_s, idx, self.temperature, self._dense)
             z_s, z_t = self._normaliser(self.z_s, p_s, world), self._normaliser(self.z_t, p_t, world)
             self._z_synced = True
             loss = nce_loss(p_s / z_s, n) + nce_loss(p_t / z_t, n)
-            self._update_memory(f_s.detach(), f_t.detach(), index, world)
+            self._update_memory(f_s.detach(), f_t.detach(), everyone, sizes)
         self._step += 1
         return {"crd": self.weight * loss}
 
     def _normaliser(self, z: torch.Tensor, p: torch.Tensor, world: int) -> torch.Tensor:
-        """``Z``, estimated as ``mean(p) * N`` while unset (< 0), without a host sync."""
+        """``Z``, estimated as ``mean(p) * N`` over the global batch while unset (< 0), without a host sync."""
         estimate = p.detach().mean() * self.memory_s.shape[0]
         if world > 1 and not self._z_synced:  # every rank runs this on its first forward
-            dist.all_reduce(estimate)
-            estimate = estimate / world
+            total = torch.stack([p.detach().sum(), torch.tensor(float(p.numel()), device=p.device)])
+            dist.all_reduce(total)
+            estimate = total[0] / total[1] * self.memory_s.shape[0]
         value = torch.where(z < 0, estimate.to(z.dtype), z)
         z.copy_(value)
         return value
 
     @torch.no_grad()
-    def _update_memory(self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor, world: int) -> None:
-        if world > 1:
-            f_s, f_t, index = _all_gather_rows(f_s, f_t, index)
+    def _update_memory(self, f_s: torch.Tensor, f_t: torch.Tensor, index: torch.Tensor, sizes: List[int]) -> None:
+        """``index``: the global batch's positives; ``sizes``: every rank's batch size."""
+        if len(sizes) > 1:
+            f_s, f_t = _all_gather_rows(sizes, f_s, f_t)
         for name, v in (("memory_s", f_s), ("memory_t", f_t)):
             memory = getattr(self, name)
             rows = momentum_rows(memory, index, v, self.momentum)

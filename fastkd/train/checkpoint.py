@@ -6,7 +6,6 @@ checkpoints hold nothing else: RNG states are stored as tensors, lists and numbe
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
@@ -14,25 +13,15 @@ import random
 import numpy as np
 import torch
 
+from fastkd.atomic import atomic_torch_save
 from fastkd.errors import UserError
 
 KIND = "fastkd-checkpoint"
 
 
 def save_atomic(path: str, state: dict) -> None:
-    """Temporary name in the same folder, fsync, then ``os.replace``: the previous file stays whole until
-    the new one is complete, whatever kills the process in between."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """The previous file stays whole until the new one is complete, whatever kills the process in between."""
+    atomic_torch_save(path, state)
 
 
 def load(path: str) -> dict:

@@ -49,6 +49,7 @@ class TrainConfig:
     amp: str = "off"  # off | bf16 | fp16 (autocast)
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (train/sync_bn.py)
     # data-side tricks, applied on the device to whole batches (pipelines/augment)
     views: bool = True  # crop + flip views; False: centre views only
     erasing: float = 0.0  # random erasing probability (Zhong et al.: 0.5)

@@ -1,4 +1,5 @@
-"""torchrun support: process group from the environment, one device per rank, rank 0 writes."""
+"""torchrun support: process group from the environment, one device per rank, rank 0 writes,
+elastic restarts resume (metrics are reduced over ranks by meters.EpochMeters)."""
 from __future__ import annotations
 
 import os
@@ -49,3 +50,14 @@ def resolve_device(name: str, d: Dist) -> torch.device:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job (read from the environment, so it holds before the process group exists),
+    or a process outside torchrun: the one that writes files and prints results."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def elastic_restart() -> int:
+    """How many times torchrun (``--max-restarts``) has restarted this job's workers; 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

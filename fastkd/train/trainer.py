@@ -9,7 +9,6 @@ an epoch (with the position in the epoch order, so a resume continues exactly) a
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -23,12 +22,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from fastkd import __version__
+from fastkd.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from fastkd.errors import UserError
 from fastkd.methods import parse_methods
 from fastkd.models import count_parameters, create_model
 from fastkd.pipelines import Loader, open_converted
 
-from . import checkpoint, distributed, tricks
+from . import checkpoint, distributed, sync_bn, tricks
 from .config import TrainConfig
 from .evaluate import evaluate
 from .interrupt import StopSignals, resume_command
@@ -125,7 +125,8 @@ class Trainer:
                      f"{', ...' if len(left) > 4 else ''})")
         if cfg.dropout:
             tricks.add_dropout(student, cfg.dropout)
-        return student.to(self.device, memory_format=self.memory_format)
+        student = student.to(self.device, memory_format=self.memory_format)
+        return sync_bn.convert(student, self.device) if cfg.sync_bn else student
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, batch: int) -> dict:
@@ -303,10 +304,8 @@ class Trainer:
         cfg, started = self.cfg, time.time()
         if self.dist.main:
             os.makedirs(cfg.out, exist_ok=True)
-            with open(os.path.join(cfg.out, "config.json"), "w") as f:
-                json.dump(cfg.to_dict(), f, indent=2)
-            for stale in glob.glob(glob.escape(self.ckpt_path) + ".tmp-*"):  # a write cut short by a kill
-                os.remove(stale)
+            atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+            remove_stale_temps(self.ckpt_path)  # a write cut short by a kill
         self._saved_at = time.time()
         with self.stop:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -322,15 +321,12 @@ class Trainer:
                          f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
                 if self.stop.signum and epoch + 1 < cfg.epochs:
                     self._exit(epoch, len(self.train_loader))
-        distributed.barrier()
-        return self._summary(time.time() - started)
+        summary = self._summary(time.time() - started)
+        distributed.barrier()  # summary.json is written when any rank returns
+        return summary
 
     def _write_metrics(self) -> None:
-        tmp = os.path.join(self.cfg.out, "metrics.jsonl.tmp")
-        with open(tmp, "w") as f:
-            for row in self.history:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, os.path.join(self.cfg.out, "metrics.jsonl"))
+        atomic_write_text(os.path.join(self.cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _summary(self, wall: float) -> dict:
         final = self.history[-1] if self.history else {}
@@ -348,9 +344,7 @@ class Trainer:
             "checkpoint": os.path.abspath(self.ckpt_path), "device": str(self.device),
         }
         if self.dist.main:
-            with open(os.path.join(self.cfg.out, "summary.json.tmp"), "w") as f:
-                json.dump(summary, f, indent=2)
-            os.replace(os.path.join(self.cfg.out, "summary.json.tmp"), os.path.join(self.cfg.out, "summary.json"))
+            atomic_write_json(os.path.join(self.cfg.out, "summary.json"), summary)
         return summary
 
     def close(self) -> None:
@@ -360,6 +354,10 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    if distributed.elastic_restart() and os.path.exists(os.path.join(cfg.out, CHECKPOINT)):
+        resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
+        if distributed.is_main_process():
+            _log(f"torchrun restart {distributed.elastic_restart()}: resuming from {os.path.join(cfg.out, CHECKPOINT)}")
     trainer = Trainer(cfg, resume=resume)
     try:
         return trainer.fit()
