@@ -196,13 +196,19 @@ class TeacherCache:
             for sfx, (path, dtype, shape) in self._paths(self.root, epoch, name, spec).items():
                 row = np.dtype(dtype).itemsize * math.prod(shape)
                 try:
+                    with open(path, "rb") as f:  # the header says where the rows start
+                        fmt = np.lib.format
+                        (fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0)(f)
+                        expected = f.tell() + row * count
+                    if os.path.getsize(path) != expected:
+                        raise UserError(f"teacher cache file {path} is truncated or damaged ({os.path.getsize(path)} "
+                                        f"bytes, expected {expected}); delete {self.root} and fill it again")
                     arr = np.load(path, mmap_mode=mode)
                 except (OSError, ValueError) as exc:
                     raise UserError(f"teacher cache file {path} is unreadable ({exc}); delete {self.root} and fill it again")
-                expected = arr.offset + row * count
-                if os.path.getsize(path) != expected or arr.shape != (count, *shape) or arr.dtype != np.dtype(dtype):
-                    raise UserError(f"teacher cache file {path} is truncated or damaged ({os.path.getsize(path)} bytes, "
-                                    f"expected {expected}); delete {self.root} and fill it again")
+                if arr.shape != (count, *shape) or arr.dtype != np.dtype(dtype):
+                    raise UserError(f"teacher cache file {path} holds {arr.dtype} {arr.shape}, expected {dtype} "
+                                    f"{(count, *shape)}; delete {self.root} and fill it again")
                 arrays[sfx] = arr
             self._maps[name] = arrays
         self._epoch = epoch

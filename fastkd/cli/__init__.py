@@ -19,7 +19,7 @@ def cli():
 
 
 def main(argv=None) -> None:
-    from . import ablate, bench, compare, convert, demo, listing, train  # noqa: F401  (register subcommands)
+    from . import ablate, bench, cache, compare, convert, demo, listing, train  # noqa: F401  (register subcommands)
 
     try:
         cli.main(args=argv, prog_name="fastkd", standalone_mode=False)
