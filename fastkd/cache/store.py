@@ -214,13 +214,14 @@ class TeacherCache:
         self._epoch = epoch
 
     # ---- rows --------------------------------------------------------------------------------
-    def complete(self, names: List[str], epochs: int) -> bool:
-        """Every row of ``names`` written for epochs ``0 .. epochs-1``."""
+    def complete(self, names: List[str], epochs: int, visits: Optional[Callable[[int], np.ndarray]] = None) -> bool:
+        """Every row of ``names`` written for epochs ``0 .. epochs-1`` (only the rows ``visits(epoch)``, if given)."""
         if any(n not in self.signals for n in names):
             return False
         for e in range(epochs):
             self._open_epoch(e)
-            if not all(self._maps[n]["written"].all() for n in names):
+            rows = visits(e) if visits is not None else slice(None)
+            if not all(self._maps[n]["written"][rows].all() for n in names):
                 return False
         return True
 
@@ -248,7 +249,8 @@ class TeacherCache:
                 raise UserError(f"teacher cache {path} is corrupted (row of dataset index {int(idx[bad[0]])} fails its "
                                 f"CRC-32); delete {self.root} and fill it again")
             t = self._decode(spec, [torch.from_numpy(v) for v in values])
-            out[name] = t.to(device=device, dtype=getattr(torch, spec.get("compute_dtype") or "float32"))
+            t = t.to(device=device, dtype=getattr(torch, spec.get("compute_dtype") or "float32"))
+            out[name] = t.contiguous(memory_format=torch.channels_last) if spec.get("channels_last") else t
         return out
 
     def write(self, epoch: int, idx: np.ndarray, outputs: Dict[str, torch.Tensor]) -> None:
@@ -258,8 +260,10 @@ class TeacherCache:
             if name not in outputs:
                 continue
             spec = self.signals[name]
-            if spec.get("compute_dtype") is None:
-                spec["compute_dtype"] = str(outputs[name].dtype).replace("torch.", "")
+            if spec.get("compute_dtype") is None:  # recorded once, so reads give back the same dtype and layout
+                t = outputs[name]
+                spec["compute_dtype"] = str(t.dtype).replace("torch.", "")
+                spec["channels_last"] = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
                 _write_json(os.path.join(self.root, META), self.meta)
             todo = np.flatnonzero(arrays["written"][idx] == 0)
             if not len(todo):

@@ -52,6 +52,12 @@ def plan_signals(shapes: Dict[str, tuple], storage: dict, budget: float, views: 
     return sorted(chosen)
 
 
+def _visited(loader, epoch: int):
+    """The dataset indices this rank trains on in ``epoch`` (a dropped last partial batch excluded)."""
+    order = loader.order(epoch)
+    return order[: len(loader) * loader.batch_size] if loader.drop_last else order
+
+
 class TeacherSource:
     """``source(images, batch)`` -> the teacher's signals for the batch (called inside the step's autocast)."""
 
@@ -91,7 +97,7 @@ class TeacherSource:
             opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=_log)
         distributed.barrier()
         self.cache = opened or TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=False)
-        if self.online or not self.cache.complete(self.cached, cfg.epochs):
+        if self.online or not self.cache.complete(self.cached, cfg.epochs, lambda e: _visited(loader, e)):
             self._materialise()
         if dist.main:
             _log(f"teacher cache {self.cache.root}: {self.mode} ({', '.join(self.cached)} cached)")
