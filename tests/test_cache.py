@@ -33,7 +33,7 @@ def teacher_weights(tmp_path_factory):
 
 
 def _cfg(data, out, teacher_weights, **kw):
-    return TrainConfig(data=data, out=str(out), method=METHODS, teacher_weights=teacher_weights, **{**FAST, **kw})
+    return TrainConfig(data=data, out=str(out), teacher_weights=teacher_weights, **{**FAST, "method": METHODS, **kw})
 
 
 def _fit(cfg):
@@ -191,3 +191,24 @@ def test_topk_storage_changes_the_kd_loss_only_by_the_dropped_tail(tmp_path):
     log_q = torch.log_softmax(student, 1).abs().masked_fill(~tail, 0).amax(1)
     bound = (tau * math.log(m) + 2 * tau * log_q).mean()
     assert cached != exact and abs(float(cached - exact)) <= float(bound) * (1 + 1e-5)
+
+
+def test_cache_build_fills_what_train_reads_and_info_reports(orl_data, teacher_weights, tmp_path, capsys):
+    from fastkd.cli import main
+
+    cache = str(tmp_path / "cache")
+    main(["cache", "build", "--teacher-weights", teacher_weights, "--teacher", "resnet32", "--data", orl_data,
+          "--epochs", "1", "--out", cache, "--res", "16", "--workers", "0", "--device", "cpu", "--quiet",
+          "--batch-size", "160"])
+    assert "1/1 epochs filled (320 views each)" in capsys.readouterr().out
+    trainer = Trainer(_cfg(orl_data, tmp_path / "run", teacher_weights, method="kd", teacher_cache=cache))
+    assert trainer.t_signals.mode == "cached"  # the key of `cache build` is the training run's
+    trainer.close()
+    main(["cache", "info", cache])
+    assert "signal logits: float16 [40] (computed in float32), 320/320 views written" in capsys.readouterr().out
+    crc = os.path.join(cache, "epoch0000", "logits.crc.npy")
+    os.truncate(crc, os.path.getsize(crc) - 8)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "info", cache])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "logits.crc.npy is truncated" in err[0]
