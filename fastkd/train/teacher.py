@@ -19,6 +19,7 @@ from torch import nn
 
 from fastkd.cache import TeacherCache, cache_key
 from fastkd.cache.store import human, row_bytes, stored_spec
+from fastkd.errors import UserError
 
 from . import distributed
 from .signals import SignalModel
@@ -79,6 +80,11 @@ class TeacherSource:
 
     def _open_cache(self, loader, dist) -> None:
         cfg = self.cfg
+        if dist.world > 1 and loader.count % dist.world and loader.augment is not None and loader.augment.mixing:
+            # the ranks' padding repeats indices, and a repeated index gets another mixing partner
+            raise UserError(f"--teacher-cache with mixup/cutmix under torchrun needs a training split whose size "
+                            f"({loader.count}) is a multiple of the world size ({dist.world}); drop --teacher-cache "
+                            "or change the number of processes")
         with torch.no_grad():
             dry = self.signals(torch.zeros(1, 3, loader.res, loader.res, device="meta"))
         shapes = {n: tuple(t.shape[1:]) for n, t in dry.items()}
