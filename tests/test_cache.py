@@ -21,7 +21,7 @@ from fastkd.train.trainer import Trainer
 
 FAST = dict(student="resnet32", teacher="resnet32", epochs=1, batch_size=64, lr=0.05, res=16, workers=0,
             progress=False, device="cpu")
-METHODS = "kd+at+pkt+rkd"  # logits, the three stage maps, the embedding: every cached signal kind
+METHODS = "kd+at+pkt+rkd+fitnets"  # logits, stage maps, the embedding; FitNets adds a randomly initialised adapter
 
 
 @pytest.fixture(scope="module")

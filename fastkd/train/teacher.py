@@ -32,12 +32,15 @@ def _log(msg: str) -> None:
 
 def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device) -> nn.Module:
     """The frozen teacher on ``device``; with ``cfg.teacher_cache`` on the meta device (weights file and
-    architecture checked, nothing loaded) until :class:`TeacherSource` decides it must run."""
-    if not cfg.teacher_cache:
-        return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res).to(device)
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
-        return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res)
+    architecture checked, nothing loaded) until :class:`TeacherSource` decides it must run. The global RNG
+    is left as it was (the random init is overwritten by the weights), so adapters built next are the same
+    whether the teacher is online, cached or filling."""
+    with torch.random.fork_rng(devices=[]):
+        if not cfg.teacher_cache:
+            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res).to(device)
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
+            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res)
 
 
 def plan_signals(shapes: Dict[str, tuple], storage: dict, budget: float, views: int) -> List[str]:
