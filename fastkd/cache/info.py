@@ -13,11 +13,8 @@ def cache_info(root: str) -> dict:
     if meta is None:
         raise UserError(f"{root} holds no teacher cache (no cache.json); fill one with `fastkd cache build`")
     cache = TeacherCache(os.path.abspath(root), meta, writable=False)
-    key, names = meta["key"], sorted(meta["signals"])
-    filled = []
-    for epoch in range(key["epochs"]):
-        cache._open_epoch(epoch)
-        filled.append({n: int(cache._maps[n]["written"].sum()) for n in names})
+    key = meta["key"]
+    filled = [cache.written(epoch) for epoch in range(key["epochs"])]
     cache.close()
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
     return {"cache": os.path.abspath(root), "key": key, "storage": meta["storage"], "signals": meta["signals"],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Dict, List
 
 from fastkd import __version__
@@ -72,7 +71,3 @@ def key_differences(cached: Dict[str, object], run: Dict[str, object]) -> List[s
                 a, b = a[:12], str(b)[:12]
             out.append(f"{name} (cache {a}, run {b})")
     return out
-
-
-def describe(key: Dict[str, object]) -> str:
-    return os.linesep.join(f"  {k}: {json.dumps(v)}" for k, v in key.items())

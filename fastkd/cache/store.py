@@ -225,6 +225,11 @@ class TeacherCache:
                 return False
         return True
 
+    def written(self, epoch: int) -> Dict[str, int]:
+        """Rows written per signal in ``epoch``."""
+        self._open_epoch(epoch)
+        return {n: int(self._maps[n]["written"].sum()) for n in self.signals}
+
     def has(self, epoch: int, idx: np.ndarray, names: List[str]) -> bool:
         if any(n not in self.signals for n in names):
             return False
