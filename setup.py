@@ -6,7 +6,7 @@ setup(
     description="Fast, reproducible knowledge distillation for image classification (FFCV, DALI, PyTorch)",
     python_requires=">=3.10",
     packages=[
-        "fastkd", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
+        "fastkd", "fastkd.cache", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
         "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines", "fastkd.recipes",
     ],
     package_data={"fastkd.recipes": ["*.json"]},

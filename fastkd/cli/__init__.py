@@ -21,7 +21,7 @@ def cli():
 
 
 def main(argv=None) -> None:
-    from . import ablate, bench, compare, convert, demo, grid, listing, train, verify  # noqa: F401  (register subcommands)
+    from . import ablate, bench, cache, compare, convert, demo, grid, listing, train, verify  # noqa: F401  (register subcommands)
 
     try:
         cli.main(args=argv, prog_name="fastkd", standalone_mode=False)

@@ -49,6 +49,14 @@ def _check_method_options(cfg) -> None:
 @click.option("--student", "--model", "student", required=True, help="Model to train (see `fastkd list models`).")
 @click.option("--teacher", default=None, help="Teacher architecture (read from a fastkd checkpoint if omitted).")
 @click.option("--teacher-weights", default=None, help="Teacher weights: fastkd checkpoint or torchvision state dict.")
+@click.option("--teacher-cache", default=None, help="Teacher-output cache folder: batches it holds are read "
+              "(the teacher is not run), the others run the teacher and are written (see `fastkd cache`).")
+@click.option("--cache-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage of cached teacher signals (float32: bit-identical to the online teacher).")
+@click.option("--cache-topk", type=click.IntRange(0), default=0, show_default=True,
+              help="Cache only the K largest logits and the rest's log-sum-exp (FKD); 0: all logits.")
+@click.option("--cache-budget", type=float, default=1e9, show_default=True,
+              help="Bytes of teacher feature maps the cache may hold over all epochs; the maps beyond run online.")
 @click.option("--method", default="ce", show_default=True, help="ce (no teacher), kd, or a sum such as kd+at.")
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.NAME=VALUE",
               help="Method hyper-parameter, e.g. --opt kd.temperature=4 --opt kd.weight=0.9 (paper defaults otherwise).")

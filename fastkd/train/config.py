@@ -24,6 +24,10 @@ class TrainConfig:
     student: str
     teacher: Optional[str] = None
     teacher_weights: Optional[str] = None  # fastkd checkpoint or torchvision state dict (local file)
+    teacher_cache: Optional[str] = None  # teacher-output cache folder (fastkd/cache): read where filled, else filled
+    cache_dtype: str = "float16"  # float16 | float32 storage of cached signals
+    cache_topk: int = 0  # > 0: cache only the top-k logits (FKD)
+    cache_budget: float = 1e9  # bytes of feature maps a cache may hold (all epochs); logits/embeddings always
     method: str = "ce"
     method_options: Dict[str, Dict[str, object]] = field(default_factory=dict)
     ce_weight: Optional[float] = None  # None: the method's paper default

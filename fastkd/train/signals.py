@@ -61,7 +61,9 @@ def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], r
     student.eval()
     with torch.no_grad():
         s = s_signals(x)
-        t = t_signals(x) if t_signals is not None else {}
+        t = t_signals(x.to(next(teacher.parameters()).device)) if t_signals is not None else {}
+    # a teacher on the meta device (its outputs will come from a teacher cache) gives the shapes only
+    t = {k: torch.zeros(v.shape, device=device) if v.is_meta else v for k, v in t.items()}
     student.train(was_training)
     for m in methods:
         m.dataset_size = dataset_size  # memory banks (CRD) are sized by the train split

@@ -35,7 +35,7 @@ from .interrupt import StopSignals, resume_command
 from .meters import EpochMeters
 from .schedule import lr_at
 from .signals import prepare_methods
-from .weights import build_teacher
+from .teacher import TeacherSource, teacher_network
 
 CHECKPOINT = "checkpoint.pt"
 LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
@@ -67,12 +67,14 @@ class Trainer:
         self.student = self._build_student(n_cls, low_res)
         self.teacher = None
         if needs:
-            self.teacher = build_teacher(cfg.teacher, cfg.teacher_weights, n_cls, low_res).to(self.device, memory_format=self.memory_format)
+            self.teacher = teacher_network(cfg, n_cls, low_res, self.device).to(memory_format=self.memory_format)
         elif cfg.teacher or cfg.teacher_weights:
             raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                             "a distillation method such as --method kd")
         self.s_signals, self.t_signals = prepare_methods(self.methods, self.student, self.teacher,
                                                          self.train_loader.policy.out, self.train_loader.count)
+        if self.t_signals is not None:  # online, or read from / written to --teacher-cache
+            self.t_signals = TeacherSource(self.t_signals, cfg, self.train_loader, self.dist, self.device)
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.methods[0].ce_weight
         extra = [p for m in self.methods for p in m.parameters()]
         self.optimizer = torch.optim.SGD(tricks.param_groups(self.student, extra, cfg.weight_decay, cfg.no_bias_decay),
@@ -182,12 +184,7 @@ class Trainer:
         images = batch.images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else batch.images
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             s = self.s_signals(images)
-            t = None
-            if self.t_signals is not None:
-                with torch.inference_mode():
-                    t = self.t_signals(images)
-                # outside inference mode, so that losses may save them for backward (FitNets, CRD)
-                t = {k: v.clone() if v.is_inference() else v for k, v in t.items()}
+            t = self.t_signals(images, batch) if self.t_signals is not None else None
         exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
         terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(s["logits"], batch)}
         if t is not None:

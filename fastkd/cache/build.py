@@ -1,0 +1,58 @@
+"""``fastkd cache build``: fill a teacher cache ahead of training, with no student.
+
+The teacher runs in eval mode without gradients over every view of every epoch, in large batches (the
+cache is addressed by (epoch, dataset index), so the batch size need not be the training run's; outputs
+agree with a fused-loop fill to float rounding, and bit for bit at the same batch size). The loader is the
+training loader of the same options, so the views are the ones the student run will see.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from fastkd.methods import parse_methods
+from fastkd.models import model_taps
+from fastkd.pipelines import Loader, open_converted
+from fastkd.pipelines.augment import AugmentConfig
+
+
+def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
+    """Fill ``cfg.teacher_cache`` for the run ``cfg`` (a ``TrainConfig``; its student is ignored) and return
+    what :func:`fastkd.cache.info.cache_info` says about it."""
+    from tqdm import tqdm
+
+    from fastkd.train import distributed, tricks
+    from fastkd.train.signals import SignalModel
+    from fastkd.train.teacher import TeacherSource, teacher_network
+
+    from .info import cache_info
+
+    dist = distributed.Dist()
+    device = distributed.resolve_device(cfg.device, dist)
+    data = open_converted(cfg.data)
+    augment = AugmentConfig(erasing_p=cfg.erasing, cutout=cfg.cutout, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
+    loader = Loader(data, cfg.train_split, backend=cfg.backend, batch_size=batch_size, train=True, res=cfg.res,
+                    seed=cfg.seed, workers=cfg.workers, device=device, drop_last=False, augment=augment,
+                    views=cfg.augment)
+    teacher = teacher_network(cfg, data.num_classes, loader.low_res, device)
+    methods = parse_methods(cfg.method, cfg.method_options)
+    taps = model_taps(teacher)
+    for m in methods:  # pair-dependent taps (overhaul's stages=auto) as for a student of the same family
+        m.select_taps(taps, taps)
+    source = TeacherSource(SignalModel(teacher, set().union(*(m.needs for m in methods))), cfg, loader, dist, device)
+    amp = tricks.amp_dtype(cfg.amp)
+    try:
+        if source.mode != "cached":
+            bar = tqdm(total=len(loader) * cfg.epochs, desc="teacher cache", unit="batch", file=sys.stderr,
+                       disable=not progress, dynamic_ncols=True)
+            for epoch in range(cfg.epochs):
+                for batch in loader.epoch(epoch):
+                    images = batch.images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.images
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        source(images, batch)
+                    bar.update(1)
+            bar.close()
+    finally:
+        source.close()
+    return cache_info(cfg.teacher_cache)

@@ -1,0 +1,141 @@
+"""Where a step's teacher signals come from: the network (online), a teacher cache (cached), or the network
+with its outputs written to the cache (filling): the fused loop of ``fastkd train --teacher-cache DIR``.
+
+With a cache the teacher is first built on the meta device (architecture, taps and signal shapes, no
+weights in memory); its weights are loaded onto the training device only when some needed signal is not
+in the cache for every epoch of the run. Per batch, when the cache holds every cached signal of the batch's
+(epoch, indices) they are read; otherwise the teacher runs and the rows the cache lacks are written. The
+teacher always runs in eval mode under ``torch.inference_mode``, inside the step's autocast.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from fastkd.cache import TeacherCache, cache_key
+from fastkd.cache.store import human, row_bytes, stored_spec
+from fastkd.errors import UserError
+
+from . import distributed
+from .signals import SignalModel
+from .weights import build_teacher, load_weights
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device) -> nn.Module:
+    """The frozen teacher on ``device``; with ``cfg.teacher_cache`` on the meta device (weights file and
+    architecture checked, nothing loaded) until :class:`TeacherSource` decides it must run. The global RNG
+    is left as it was (the random init is overwritten by the weights), so adapters built next are the same
+    whether the teacher is online, cached or filling."""
+    with torch.random.fork_rng(devices=[]):
+        if not cfg.teacher_cache:
+            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res).to(device)
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
+            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res)
+
+
+def plan_signals(shapes: Dict[str, tuple], storage: dict, budget: float, views: int) -> List[str]:
+    """The signals to cache: logits and pooled (1-d) signals always; maps (>= 2-d per view) smallest first
+    while their bytes over all ``views`` stay within ``budget``."""
+    chosen = [n for n, s in shapes.items() if len(s) <= 1]
+    used = 0
+    for name in sorted((n for n, s in shapes.items() if len(s) > 1), key=lambda n: math.prod(shapes[n])):
+        size = row_bytes(stored_spec(name, {"shape": shapes[name]}, storage)) * views
+        if used + size <= budget:
+            chosen.append(name)
+            used += size
+    return sorted(chosen)
+
+
+def _visited(loader, epoch: int):
+    """The dataset indices this rank trains on in ``epoch`` (a dropped last partial batch excluded)."""
+    order = loader.order(epoch)
+    return order[: len(loader) * loader.batch_size] if loader.drop_last else order
+
+
+class TeacherSource:
+    """``source(images, batch)`` -> the teacher's signals for the batch (called inside the step's autocast)."""
+
+    def __init__(self, signals: SignalModel, cfg, loader, dist: distributed.Dist, device: torch.device):
+        self.signals, self.cfg, self.device = signals, cfg, device
+        self.module: nn.Module = signals.model
+        self.cache, self.cached, self.online = None, [], []
+        if cfg.teacher_cache:
+            self._open_cache(loader, dist)
+
+    @property
+    def mode(self) -> str:
+        if self.cache is None:
+            return "online"
+        return "cached" if self._on_meta() else "filling"
+
+    def _on_meta(self) -> bool:
+        return next(self.module.parameters()).device.type == "meta"
+
+    def _open_cache(self, loader, dist) -> None:
+        cfg = self.cfg
+        if dist.world > 1 and loader.count % dist.world and loader.augment is not None and loader.augment.mixing:
+            # the ranks' padding repeats indices, and a repeated index gets another mixing partner
+            raise UserError(f"--teacher-cache with mixup/cutmix under torchrun needs a training split whose size "
+                            f"({loader.count}) is a multiple of the world size ({dist.world}); drop --teacher-cache "
+                            "or change the number of processes")
+        with torch.no_grad():
+            dry = self.signals(torch.zeros(1, 3, loader.res, loader.res, device="meta"))
+        shapes = {n: tuple(t.shape[1:]) for n, t in dry.items()}
+        storage = {"dtype": cfg.cache_dtype, "topk": int(cfg.cache_topk)}
+        if storage["topk"] >= shapes["logits"][0]:
+            storage["topk"] = 0  # every class kept: plain logits
+        self.cached = plan_signals(shapes, storage, cfg.cache_budget, loader.count * cfg.epochs)
+        self.online = sorted(set(shapes) - set(self.cached))
+        if self.online and dist.main:
+            _log(f"teacher cache: {', '.join(self.online)} run online (their maps exceed --cache-budget "
+                 f"{human(cfg.cache_budget)})")
+        key = cache_key(cfg, loader, self.module.fastkd_name, dist.world)
+        wanted = {n: {"shape": shapes[n]} for n in self.cached}
+        opened = None
+        if dist.main:
+            opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=_log)
+        distributed.barrier()
+        self.cache = opened or TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=False)
+        if self.online or not self.cache.complete(self.cached, cfg.epochs, lambda e: _visited(loader, e)):
+            self._materialise()
+        if dist.main:
+            _log(f"teacher cache {self.cache.root}: {self.mode} ({', '.join(self.cached)} cached)")
+
+    def _materialise(self) -> None:
+        """Load the teacher's weights onto the device (the hooks of ``signals`` stay on the same modules)."""
+        if not self._on_meta():
+            return
+        self.module.to_empty(device=self.device)
+        load_weights(self.module, self.cfg.teacher_weights, "teacher")
+        if self.cfg.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.module.eval()
+
+    def __call__(self, images: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
+        idx = None
+        if self.cache is not None:
+            idx = batch.index.cpu().numpy()
+            if not self.online and self.cache.has(batch.epoch, idx, self.cached):
+                return self.cache.read(batch.epoch, idx, self.cached, images.device)
+            self._materialise()  # a row the cache lacks (it changed under us): run the teacher
+        with torch.inference_mode():
+            t = self.signals(images)
+        if self.cache is not None:
+            self.cache.write(batch.epoch, idx, {n: t[n] for n in self.cached})
+        # outside inference mode, so that losses may save them for backward (FitNets, CRD)
+        return {k: v.clone() if v.is_inference() else v for k, v in t.items()}
+
+    def close(self) -> None:
+        self.signals.close()
+        if self.cache is not None:
+            self.cache.close()
