@@ -14,7 +14,6 @@ import torch
 from fastkd.methods import parse_methods
 from fastkd.models import model_taps
 from fastkd.pipelines import Loader, open_converted
-from fastkd.pipelines.augment import AugmentConfig
 
 
 def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
@@ -31,10 +30,10 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
     dist = distributed.Dist()
     device = distributed.resolve_device(cfg.device, dist)
     data = open_converted(cfg.data)
-    augment = AugmentConfig(erasing_p=cfg.erasing, cutout=cfg.cutout, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
+    augment = cfg.augment_config()
     loader = Loader(data, cfg.train_split, backend=cfg.backend, batch_size=batch_size, train=True, res=cfg.res,
                     seed=cfg.seed, workers=cfg.workers, device=device, drop_last=False, augment=augment,
-                    views=cfg.augment)
+                    views=cfg.views)
     teacher = teacher_network(cfg, data.num_classes, loader.low_res, device)
     methods = parse_methods(cfg.method, cfg.method_options)
     taps = model_taps(teacher)

@@ -24,7 +24,7 @@ def cache():
 @click.option("--opt", "opts", multiple=True, metavar="METHOD.NAME=VALUE", help="Method options that choose taps.")
 @click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--no-augment", "augment", flag_value=False, default=True, help="Centre views (no crop/flip).")
+@click.option("--no-augment", "views", flag_value=False, default=True, help="Centre views (no crop/flip).")
 @click.option("--erasing", type=float, default=0.0, show_default=True)
 @click.option("--cutout", type=float, default=0.0, show_default=True)
 @click.option("--mixup", type=float, default=0.0, show_default=True)

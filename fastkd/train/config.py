@@ -99,6 +99,13 @@ class TrainConfig:
         need(0 <= self.cutout < 1, "cutout", "is a fraction of the image side; give a value in [0, 1)")
         need(self.res is None or self.res >= 8, "res", "must be at least 8 (pixels)")
 
+    def augment_config(self):
+        """The batch augmentations these options ask for (pipelines/augment.py; the papers' shapes: erasing
+        area 0.02-0.4, aspect 0.3-3.3)."""
+        from fastkd.pipelines.augment import AugmentConfig
+
+        return AugmentConfig(erasing_p=self.erasing, cutout=self.cutout, mixup_alpha=self.mixup, cutmix_alpha=self.cutmix)
+
     def differs_from(self, saved: dict) -> List[str]:
         """Options in which this config differs from a saved one's ``to_dict()``, ignoring those a resume
         (or the reuse of a finished run) may change."""

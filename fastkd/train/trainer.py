@@ -54,7 +54,7 @@ class Trainer:
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
                       workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
         self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.views,
-                                   augment=self._augment_config(), **common)
+                                   augment=cfg.augment_config(), **common)
         self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
         self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
         if len(self.train_loader) == 0:
@@ -106,13 +106,6 @@ class Trainer:
             self._resume()
         elif os.path.exists(self.ckpt_path):
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-
-    def _augment_config(self):
-        """Batch augmentations from the options, with the papers' shapes (erasing area 0.02-0.4, aspect 0.3-3.3)."""
-        from fastkd.pipelines.augment import AugmentConfig
-
-        cfg = self.cfg
-        return AugmentConfig(erasing_p=cfg.erasing, cutout=cfg.cutout, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix)
 
     def _build_student(self, n_cls: int, low_res: bool):
         cfg = self.cfg
