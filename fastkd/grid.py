@@ -112,11 +112,11 @@ def _cell_config(spec: GridSpec, cell: Cell, teacher_weights: Optional[str]) -> 
     if cell.row == "student":
         return base
     options = {m: o for m, o in spec.method_options.items() if m in cell.row.split("+")}
-    # MERGE (issue 11, teacher-output cache): every cell of one teacher shares one cache folder; once
-    # TrainConfig has `teacher_cache`, add  teacher_cache=os.path.join(spec.out, "teacher-cache", cell.teacher)
-    # to this replace().
+    # every method cell of one teacher and seed shares one teacher-output cache (its key holds the seed): the
+    # first fills it, the others read; cells whose maps exceed --cache-budget run those signals online
+    cache = os.path.join(spec.out, "teacher-cache", cell.teacher, f"seed{cell.seed}")
     return replace(base, teacher=cell.teacher, teacher_weights=teacher_weights, method=cell.row,
-                   method_options=options)
+                   method_options=options, teacher_cache=cache)
 
 
 class Progress:
