@@ -37,7 +37,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_convert import build_tree  # noqa: E402
 
-from fastkd.bench.loader import _extract_imagefolder, baseline_transform, machine_info  # noqa: E402
+from fastkd.atomic import atomic_write_json  # noqa: E402
+from fastkd.bench.loader import _extract_imagefolder, baseline_transform  # noqa: E402
+from fastkd.bench.machine import machine_info  # noqa: E402
 from fastkd.converters.convert import ConvertOptions, convert  # noqa: E402
 from fastkd.models import create_model  # noqa: E402
 from fastkd.pipelines import Loader, open_converted  # noqa: E402
@@ -144,9 +146,7 @@ def main(argv=None) -> int:
     result = {"machine": machine_info(torch.device(args.device)), "settings": vars(args), "rows": rows,
               "table": format_result(rows)}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    atomic_write_json(args.out, result)
     return 0
 
 

@@ -10,11 +10,11 @@ default; one cache per seed, since the views depend on the seed). Prints a Markd
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 from dataclasses import replace
 
+from fastkd.atomic import atomic_write_json
 from fastkd.cache.build import build_cache
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.report import format_table
@@ -56,9 +56,7 @@ def main(argv=None) -> int:
     result = {"epochs": args.epochs, "res": args.res, "teacher_top1": teacher["top1"], "cells": cells, "table": table,
               "setup": "ORL faces, resnet32 teacher -> shufflenet_v2_x0_5, batch 32, lr 0.05, CPU"}
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(args.json + ".tmp", args.json)
+    atomic_write_json(args.json, result)
     return 0
 
 

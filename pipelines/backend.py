@@ -1,6 +1,7 @@
 """What every pipeline backend implements: uint8 images (views or base squares), labels and indices in a given order."""
 from __future__ import annotations
 
+import gc
 import importlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Tuple
@@ -68,3 +69,12 @@ class Backend:
 
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         raise NotImplementedError
+
+
+def worker_batches(loader: torch.utils.data.DataLoader):
+    """``iter(loader)``, after collecting this process's garbage when the loader forks worker processes: an
+    unreachable object that owns threads (a dropped DALI pipeline) is then finalised here, not in a forked
+    worker, where its threads do not exist and its finaliser waits for them forever."""
+    if loader.num_workers > 0 and not getattr(loader, "_iterator", None):
+        gc.collect()
+    return iter(loader)

@@ -33,7 +33,7 @@ import torch
 from fastkd.errors import UserError
 
 from . import register_backend
-from .backend import Backend, BackendConfig, RawBatch
+from .backend import Backend, BackendConfig, RawBatch, worker_batches
 from .order import num_batches
 
 ENV_LIMIT = "FASTKD_MEMORY_LIMIT"
@@ -209,7 +209,7 @@ class MemoryBackend(Backend):
         loader = torch.utils.data.DataLoader(_Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
                                              num_workers=workers, collate_fn=collate)
         done, cuda = 0, out.device.type == "cuda"
-        for images, start, bad in loader:  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
+        for images, start, bad in worker_batches(loader):  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
             if bad is not None:
                 raise failure(reader, split, *bad)
             assert start == done, (start, done)

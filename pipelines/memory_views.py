@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .backend import worker_batches
+
 DECODE_CHUNK = 64
 
 
@@ -55,7 +57,7 @@ class HeldPhotos:
         loader = torch.utils.data.DataLoader(_Whole(self.reader, self.short), batch_size=DECODE_CHUNK,
                                              num_workers=workers, collate_fn=list)
         i = 0
-        for chunk in loader:  # in order
+        for chunk in worker_batches(loader):  # in order
             for image, error in chunk:
                 if error is not None:
                     raise fail(i, error)

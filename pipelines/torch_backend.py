@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import register_backend
-from .backend import Backend, BackendConfig, RawBatch
+from .backend import Backend, BackendConfig, RawBatch, worker_batches
 from .decode import DecodeError, base_image, cut_view, failure, first_failure, view_boxes
 from .device_views import cut_views
 from .order import batches, num_batches
@@ -108,11 +108,11 @@ class TorchBackend(Backend):
         self.sampler.epoch = epoch
         dev = self.cfg.device
         if self.device_decode:
-            for data, labels, index, boxes in self.loader:
+            for data, labels, index, boxes in worker_batches(self.loader):
                 images = self._decode_on_device(data, index)
                 yield cut_views(images, boxes, self.out), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
             return
-        for images, labels, index, error in self.loader:
+        for images, labels, index, error in worker_batches(self.loader):
             if error is not None:
                 raise failure(self.reader, self.cfg.split, *error)
             yield images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
