@@ -19,6 +19,19 @@ from .decode import stored_sizes
 from .views import ViewPolicy, pad_crop_flip
 
 
+class _SkippingOrder:
+    """The order the backend delivers: the epoch's, less the samples a mid-epoch start skips, so that
+    skipped batches are never read or decoded."""
+
+    def __init__(self, order):
+        self.order, self.skip = order, (None, 0)  # skip: (epoch, samples) where epoch(e, start) resumes
+
+    def __call__(self, epoch: int):
+        skip_epoch, skip = self.skip
+        order = self.order(epoch)
+        return order[skip:] if epoch == skip_epoch else order
+
+
 @dataclass
 class Batch:
     images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device
@@ -60,7 +73,7 @@ class Loader:
                             f"need an even batch size; got {batch_size}")
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world,
                              batch_size=batch_size, drop_last=self.drop_last)
-        self._skip = (None, 0)  # (epoch, samples): where epoch(e, start) resumes in e's order
+        self._backend_order = _SkippingOrder(self.order)  # no reference back to the Loader: freed by refcount
         name = BACKENDS.canonical(backend)
         cls = BACKENDS.get(name)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
@@ -86,13 +99,6 @@ class Loader:
         sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
         return self.policy.sample(self.seed, epoch, idx, sizes)
 
-    def _backend_order(self, epoch: int):
-        """The order the backend delivers: the epoch's, less the samples a mid-epoch start skips, so that
-        skipped batches are never read or decoded."""
-        skip_epoch, skip = self._skip
-        order = self.order(epoch)
-        return order[skip:] if epoch == skip_epoch else order
-
     def _raw(self, epoch: int) -> Iterator[tuple]:
         """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
         (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
@@ -110,7 +116,7 @@ class Loader:
         if not 0 <= start <= len(self):
             raise ValueError(f"start batch {start} outside the epoch's {len(self)} batches")
         start *= self.batch_size  # position of the batch in the epoch order
-        self._skip = (epoch, start)
+        self._backend_order.skip = (epoch, start)
         for images, labels, index, idx in self._raw(epoch):
             view = self.views_of(epoch, idx)
             box = torch.from_numpy(view["box"]).float()

@@ -257,12 +257,17 @@ def test_odd_batches(loaders, orl_data):
     # only erasing/cutout: any batch size; evaluation ignores augment
     assert Loader(orl_data, "train", augment=AugmentConfig(erasing_p=0.5), **odd).augment
     assert Loader(orl_data, "test", train=False, augment=ALL, **odd).augment is None
-    # an odd number of samples (rank 0 of 3: 107 of 321): the last sample has no partner and is not mixed
-    got = _collect(loaders("odd", augment=AugmentConfig(mixup_alpha=1.0), world=3, drop_last=False), 0)
-    assert got["sizes"] == [32, 32, 32, 11]
-    assert got["mix_kind"][-1] == NONE and got["mix_lam"][-1] == 1 and got["mix_partner"][-1] == got["index"][-1]
-    assert torch.equal(got["targets"][-1], F.one_hot(got["labels"][-1], 40).float())
-    assert torch.all(got["mix_kind"][:-1] == MIXUP)
+    # ranks deal global batches in blocks of B, so with an even B every rank gets whole pairs: 320 samples,
+    # 3 ranks of 32: rank 0 takes blocks 0, 3, 6 and the last partial global batch's 32
+    got = _collect(loaders("ranked", augment=AugmentConfig(mixup_alpha=1.0), world=3, drop_last=False), 0)
+    assert got["sizes"] == [32, 32, 32, 32] and torch.all(got["mix_kind"] == MIXUP)
+    # an odd batch end (position 10 of 11 has no partner at 11): that sample is not mixed
+    labels = torch.arange(11) % 40
+    _, targets, view = Augmenter(AugmentConfig(mixup_alpha=1.0), 0, RES, MEAN, STD, 40)(
+        torch.zeros(11, 3, RES, RES), labels, np.arange(11), 0, 0)
+    assert view["mix_kind"][-1] == NONE and view["mix_lam"][-1] == 1 and view["mix_partner"][-1] == 10
+    assert torch.equal(targets[-1], F.one_hot(labels[-1], 40).float())
+    assert torch.all(view["mix_kind"][:-1] == MIXUP)
 
 
 def test_config_checks():

@@ -8,7 +8,9 @@ it over the run's 10 steps. A small learning rate (0.002) keeps that growth smal
 ce: losses within 1e-3, weights and BN buffers within 0.013; kd+at and crd, whose random teacher makes
 large losses (KD ~35 at T=4) and so larger gradients carrying more float32 noise: losses within 7e-3
 relative, weights and buffers within 0.05 (kd+at) and 0.083 (crd, BN running variances; its memory banks
-within 0.01, its heads 1e-5, Z equal). Both sides use ``--sync-bn``: without it each rank normalises with
+within 0.01, its heads 1e-5, Z equal). With AT at the reference weight (beta 1000 on the sum over stages,
+twice the earlier beta/2) kd+at's largest difference grew to 0.154 on a running variance of ~3.2 (4.8%), so
+weights and buffers are compared relative to each tensor's largest value. Both sides use ``--sync-bn``: without it each rank normalises with
 its own half-batch statistics, a different model (measured with ce: epoch-1 loss off by 2.8e-3, BN running
 variances by 0.15, outside ce's tolerances below); with it every BatchNorm uses the global batch's
 statistics, as one process does (see train/sync_bn.py).
@@ -28,7 +30,7 @@ from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train
 
-# method: (loss tolerance, relative to max(1, |loss|); weight and buffer tolerance, absolute)
+# method: (loss tolerance, relative to max(1, |loss|); weight and buffer tolerance, relative to max(1, max|tensor|))
 TOLERANCE = {"ce": (2e-3, 0.04), "kd+at": (1e-2, 0.1), "crd": (1e-2, 0.1)}
 ARGS = dict(student="resnet32", epochs=2, res=32, workers=0, device="cpu", lr=0.002, progress=False,
             sync_bn=True, seed=5)
@@ -95,7 +97,9 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher,
         assert x.keys() == y.keys()
         for key in x:
             if torch.is_tensor(x[key]) and x[key].is_floating_point():
-                torch.testing.assert_close(y[key], x[key], rtol=0, atol=weight_tol, msg=f"{method} {key}")
+                scale = max(1.0, float(x[key].abs().max()))  # float noise grows with the values (BN variances ~3)
+                torch.testing.assert_close(y[key], x[key], rtol=0, atol=weight_tol * scale,
+                                           msg=lambda m: f"{method} {key}: {m}")
                 compared += 1
             elif torch.is_tensor(x[key]):
                 assert torch.equal(x[key], y[key]), key  # e.g. BatchNorm's batch counters
