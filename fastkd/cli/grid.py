@@ -6,6 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
+from .options import RegistryOption
 
 
 def _names(value):
@@ -39,7 +40,8 @@ def _weights(items):
 @click.option("--lr", type=float, default=None, help="Learning rate of every run.")
 @click.option("--student-lr", type=float, default=None, help="Learning rate of the student runs only.")
 @click.option("--res", type=int, default=None)
-@click.option("--backend", default=None, help="Data pipeline [torch].")
+@click.option("--backend", default=None, cls=RegistryOption, registry="fastkd.pipelines:BACKENDS",
+              help="Data pipeline [torch].")
 @click.option("--workers", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu or cuda [auto].")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress bars (grid progress lines stay).")
