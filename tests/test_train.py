@@ -45,6 +45,21 @@ def test_run_writes_metrics_summary_and_checkpoint(straight_run):
     assert state["epoch"] == 1 and state["model_name"] == "shufflenet_v2_x0_5" and state["low_res"]
 
 
+def test_epoch_time_is_the_epochs_own(orl_data, tmp_path):
+    """An epoch's train_seconds (and so its images/s) counts that epoch alone: the meters of the next
+    epoch start at zero seconds (a bug carried every finished epoch's time into the next)."""
+    from fastkd.train.trainer import Trainer
+
+    trainer = Trainer(_cfg(orl_data, tmp_path / "run"))
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    assert trainer.meters.seconds == 0.0 and trainer.meters.seen == 0
+    total = sum(r["train_seconds"] for r in trainer.history)
+    assert total <= json.load(open(tmp_path / "run" / "summary.json"))["wall_seconds"]
+
+
 def test_same_seed_same_weights_and_other_seed_differs(orl_data, straight_run, tmp_path):
     out, summary = straight_run
     train(_cfg(orl_data, tmp_path / "again"))

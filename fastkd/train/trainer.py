@@ -279,7 +279,8 @@ class Trainer:
                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
         if not torch.nn.utils.get_total_norm(tensors).isfinite():  # one fused pass; nan/inf anywhere -> nan/inf
             self._diverged(epoch, batch)
-        self.meters.seconds = time.time() - self._epoch_started  # unused at an epoch end (no meters saved)
+        if batch < len(self.train_loader):  # mid-epoch: the time this epoch has run, for a resume
+            self.meters.seconds = time.time() - self._epoch_started
         if self.dist.main:
             checkpoint.save_atomic(self.ckpt_path, self._state(epoch, batch))
         self._saved_at = time.time()
