@@ -101,7 +101,10 @@ def test_sigterm_checkpoints_and_prints_how_to_resume(orl_data, references, tmp_
     assert proc.returncode == 143, err[-2000:]
     assert "stopped by SIGTERM" in err
     state = checkpoint.load(str(out / "checkpoint.pt"))
-    assert state["epoch"] == 1 and 1 <= state["batch"] < 10  # at the next step of the second epoch
+    # at the next step of the second epoch, or right at the first epoch's end when the signal came while that
+    # epoch was closing (after its checkpoint, before the check that follows it): both are where a run stops
+    at = (state["epoch"], state["batch"])
+    assert at == (0, 10) or (at[0] == 1 and 1 <= at[1] < 10), at
     resume = err.split("resume with: ", 1)[1].splitlines()[0]
     args = shlex.split(resume)
     assert args[:2] == ["fastkd", "train"] and args.count("--resume") == 1
