@@ -9,7 +9,8 @@ standard stems, and ResNet50 -> MobileNetV2 at 32 px with fastkd's low-resolutio
 teachers saved as torchvision state dicts), each a full ``fastkd train`` (batch 32, 2 workers, crop + flip
 views, the torch backend):
 
-- (a) ``student``: ``--method ce``, the student alone;
+- (a) ``student``: ``--method ce``, the student alone (fastkd's defaults, channels-last included);
+- (a') ``student_nchw``: the same with ``--no-channels-last`` (the memory format the plain loop uses);
 - (b) ``kd_online``: ``--method kd`` with the teacher run every step;
 - (c) ``kd_fill``: the same with ``--teacher-cache`` on an empty folder (the fused loop writes the cache);
 - (d) ``kd_cached``: the same again, reading the cache (the teacher is never loaded);
@@ -18,8 +19,8 @@ views, the torch backend):
 
 Rate of a row: the median over its epochs after the first (warm-up) of the epoch's training images/s
 (``train_images_per_s`` of ``metrics.jsonl``; the same definition for ``plain``). Printed: (d)/(a), (b)/(a),
-(c)/(b), (a)/plain. JSON: ``results/kd_step.json`` (``--out``). Rows run one after another; on a shared
-machine compare ratios within one run only.
+(c)/(b), (a)/plain, (a')/plain. JSON: ``results/kd_step.json`` (``--out``). Rows run one after another; on a
+shared machine compare ratios within one run only.
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def run_pair(data_dir: str, teacher: str, student: str, res: int, args, tmp: str
                        res=res, workers=args.workers, device=args.device, eval_every=10**6, progress=False)
     kd = dict(method="kd", teacher=teacher, teacher_weights=weights)
     cache = os.path.join(tmp, f"cache-{tag}")
-    runs = {"student": {}, "kd_online": kd, "kd_fill": {**kd, "teacher_cache": cache},
-            "kd_cached": {**kd, "teacher_cache": cache}}
+    runs = {"student": {}, "student_nchw": {"channels_last": False}, "kd_online": kd,
+            "kd_fill": {**kd, "teacher_cache": cache}, "kd_cached": {**kd, "teacher_cache": cache}}
     rates = {}
     for name, extra in runs.items():
         out = os.path.join(tmp, f"{tag}-{name}")
@@ -111,14 +112,17 @@ def run_pair(data_dir: str, teacher: str, student: str, res: int, args, tmp: str
             "cached_vs_student": round(rates["kd_cached"] / rates["student"], 3),
             "online_vs_student": round(rates["kd_online"] / rates["student"], 3),
             "fill_vs_online": round(rates["kd_fill"] / rates["kd_online"], 3),
-            "student_vs_plain": round(rates["student"] / rates["plain"], 3)}
+            "student_vs_plain": round(rates["student"] / rates["plain"], 3),
+            "student_nchw_vs_plain": round(rates["student_nchw"] / rates["plain"], 3)}
 
 
 def format_result(rows) -> str:
-    headers = ["pair", "(a) student img/s", "(b) KD online", "(c) KD filling", "(d) KD cached", "plain loop",
-               "(d)/(a)", "(b)/(a)", "(c)/(b)", "(a)/plain"]
-    body = [[r["pair"], *(r["images_per_s"][k] for k in ("student", "kd_online", "kd_fill", "kd_cached", "plain")),
-             r["cached_vs_student"], r["online_vs_student"], r["fill_vs_online"], r["student_vs_plain"]] for r in rows]
+    headers = ["pair", "(a) student img/s", "(a') NCHW", "(b) KD online", "(c) KD filling", "(d) KD cached",
+               "plain loop", "(d)/(a)", "(b)/(a)", "(c)/(b)", "(a)/plain", "(a')/plain"]
+    body = [[r["pair"], *(r["images_per_s"][k] for k in ("student", "student_nchw", "kd_online", "kd_fill", "kd_cached",
+                                                          "plain")),
+             r["cached_vs_student"], r["online_vs_student"], r["fill_vs_online"], r["student_vs_plain"],
+             r["student_nchw_vs_plain"]] for r in rows]
     return format_table(headers, body, markdown=True)
 
 

@@ -42,6 +42,7 @@ class Batch:
     # mix_kind, mix_box; erase_box, erase_key; cutout_box
     epoch: int
     targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
+    host_index: Optional[np.ndarray] = None  # ``index`` on the host (the cache's rows; no device-to-host copy)
 
 
 class Loader:
@@ -51,13 +52,14 @@ class Loader:
     above) and the base decode size follow from it (see ``views.py``); ``views=False`` trains on centre
     views (no crop/flip: the "no data augmentation" baseline). ``augment`` (training only) adds
     mixup/cutmix, random erasing and cutout after normalisation (see ``augment.py``); mixing pairs positions
-    2k and 2k+1 of the epoch order and needs an even ``batch_size``.
+    2k and 2k+1 of the epoch order and needs an even ``batch_size``. ``channels_last`` yields NHWC-strided
+    batches (what a channels-last model takes without a copy; the values are the same).
     """
 
     def __init__(self, data, split: str, backend: str = "torch", batch_size: int = 64, train: bool = True,
                  res: Optional[int] = None, seed: int = 0, workers: int = 2, device="cpu",
                  rank: int = 0, world: int = 1, drop_last: Optional[bool] = None,
-                 augment: Optional[AugmentConfig] = None, views: bool = True):
+                 augment: Optional[AugmentConfig] = None, views: bool = True, channels_last: bool = False):
         self.data: ConvertedData = data if isinstance(data, ConvertedData) else open_converted(data)
         self.split, self.train, self.seed = split, train, seed
         self.count = int(self.data.split(split)["count"])
@@ -67,6 +69,7 @@ class Loader:
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.batch_size = batch_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augment = augment if (train and augment is not None and augment.active) else None
         if self.augment is not None and self.augment.mixing and batch_size % 2:
             raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
@@ -134,4 +137,5 @@ class Loader:
                 x, targets, extra = self._augmenter(x, labels, idx, start, epoch, inplace=True)
                 views.update(extra)
             start += len(idx)
-            yield Batch(x.contiguous(), labels.clone(), index.clone(), views, epoch, targets)
+            yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), index.clone(), views, epoch,
+                        targets, np.asarray(idx))

@@ -212,3 +212,31 @@ def test_cache_build_fills_what_train_reads_and_info_reports(orl_data, teacher_w
         main(["cache", "info", cache])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "logits.crc.npy is truncated" in err[0]
+
+
+def test_two_ranks_fill_disjoint_rows_and_read_them_back(orl_data, teacher_weights, tmp_path):
+    """torchrun, 2 ranks: each writes the rows of the samples it trains on into the shared maps; together they
+    fill every view of both epochs, and a second 2-rank run reads them all (the teacher never loaded) and ends
+    with the filling run's exact weights."""
+    from torchrun_tools import torchrun
+
+    from fastkd.cache.info import cache_info
+
+    cache = tmp_path / "cache"
+    args = ["-m", "fastkd", "train", "--data", orl_data, "--model", "resnet32", "--teacher", "resnet32",
+            "--teacher-weights", teacher_weights, "--method", "kd+at", "--epochs", "2", "--res", "16",
+            "--batch-size", "32", "--workers", "0", "--device", "cpu", "--quiet", "--teacher-cache", str(cache),
+            "--cache-dtype", "float32"]
+    runs = {}
+    for name in ("fill", "read"):
+        result = torchrun(2, *args, "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = result.stderr
+        if name == "fill":
+            info = cache_info(str(cache))  # 320 views per epoch: rank 0's 160 and rank 1's 160
+            assert info["epochs_filled"] == 2
+            assert len(info["rows_written"]) == 2 and "logits" in info["rows_written"][0]
+            assert all(rows == 320 for epoch in info["rows_written"] for rows in epoch.values())
+    assert ": filling (" in runs["fill"] and ": cached (" in runs["read"]
+    fill, read = (checkpoint.load(tmp_path / n / "checkpoint.pt")["model"] for n in ("fill", "read"))
+    assert all(torch.equal(fill[k], read[k]) for k in fill)

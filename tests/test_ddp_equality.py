@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,6 +27,8 @@ from fastkd.models import create_model
 from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train
+
+from torchrun_tools import torchrun
 
 # method: (loss tolerance, relative to max(1, |loss|); weight and buffer tolerance, relative to max(1, max|tensor|))
 TOLERANCE = {"ce": (2e-3, 0.04), "kd+at": (1e-2, 0.1), "crd": (1e-2, 0.1)}
@@ -43,12 +43,6 @@ def teacher(tmp_path_factory):
     torch.manual_seed(1)
     torch.save(create_model("resnet32", 40, True).state_dict(), path)
     return str(path)
-
-
-def _torchrun(nproc, *args, extra=(), env=None):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *extra,
-           *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
 def _cli_args(cfg: dict, out, batch_size: int) -> list:
@@ -78,7 +72,7 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher,
     one = tmp_path / "one"
     train(TrainConfig(out=str(one), batch_size=64, **cfg))
     two = tmp_path / "two"
-    result = _torchrun(2, "-m", "fastkd", "train", *_cli_args(cfg, two, 32))
+    result = torchrun(2, "-m", "fastkd", "train", *_cli_args(cfg, two, 32))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('"student"') == 1  # rank 0 alone reports
     loss_tol, weight_tol = TOLERANCE[method]
@@ -125,7 +119,7 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(orl_data, tmp_path):
         "from fastkd.cli import main\n"
         "main(sys.argv[1:])\n")
     cfg = dict(ARGS, data=orl_data, sync_bn=False)
-    result = _torchrun(1, str(crash), "train", *_cli_args(cfg, out, 64), extra=["--max-restarts", "1"])
+    result = torchrun(1, str(crash), "train", *_cli_args(cfg, out, 64), extra=["--max-restarts", "1"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torchrun restart 1: resuming from" in result.stderr
     assert [r["epoch"] for r in _metrics(out)] == [1, 2]

@@ -152,14 +152,11 @@ def test_warmup_is_linear_then_cosine_from_peak():
 
 def test_torchrun_two_processes_on_cpu(orl_data, tmp_path):
     """DistributedDataParallel under torchrun (gloo on CPU): one report, one checkpoint, full eval."""
-    import subprocess
-    import sys
+    from torchrun_tools import torchrun
 
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "fastkd", "train", "--data", orl_data, "--out", str(out), "--model", "shufflenet_v2_x0_5",
-           "--epochs", "1", "--batch-size", "32", "--res", "32", "--workers", "0", "--device", "cpu", "--quiet"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = torchrun(2, "-m", "fastkd", "train", "--data", orl_data, "--out", str(out), "--model", "shufflenet_v2_x0_5",
+                      "--epochs", "1", "--batch-size", "32", "--res", "32", "--workers", "0", "--device", "cpu", "--quiet")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('"student"') == 1  # only rank 0 reports
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]

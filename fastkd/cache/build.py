@@ -33,7 +33,7 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
     augment = cfg.augment_config()
     loader = Loader(data, cfg.train_split, backend=cfg.backend, batch_size=batch_size, train=True, res=cfg.res,
                     seed=cfg.seed, workers=cfg.workers, device=device, drop_last=False, augment=augment,
-                    views=cfg.views)
+                    views=cfg.views, channels_last=cfg.channels_last)
     teacher = teacher_network(cfg, data.num_classes, loader.low_res, device)
     methods = parse_methods(cfg.method, cfg.method_options)
     taps = model_taps(teacher)
@@ -47,9 +47,8 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
                        disable=not progress, dynamic_ncols=True)
             for epoch in range(cfg.epochs):
                 for batch in loader.epoch(epoch):
-                    images = batch.images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.images
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        source(images, batch)
+                        source(batch.images, batch)
                     bar.update(1)
             bar.close()
     finally:

@@ -31,7 +31,8 @@ def cache():
 @click.option("--mixup", type=float, default=0.0, show_default=True)
 @click.option("--cutmix", type=float, default=0.0, show_default=True)
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True)
-@click.option("--channels-last", is_flag=True)
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="The training run's memory format (part of the key).")
 @click.option("--cache-dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--cache-topk", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--cache-budget", type=float, default=1e9, show_default=True)

@@ -51,7 +51,7 @@ class TrainConfig:
     dropout: float = 0.0  # before the classifier
     zero_gamma: bool = False
     amp: str = "off"  # off | bf16 | fp16 (autocast)
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: faster convolutions on GPUs and on CPUs (README, 'Memory format')
     compile: bool = False
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (train/sync_bn.py)
     # data-side tricks, applied on the device to whole batches (pipelines/augment)

@@ -52,7 +52,8 @@ class Trainer:
         checkpoint.seed_everything(cfg.seed)
         self.data = open_converted(cfg.data)
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
-                      workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world)
+                      workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world,
+                      channels_last=cfg.channels_last)
         self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.views,
                                    augment=cfg.augment_config(), **common)
         self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
@@ -174,7 +175,7 @@ class Trainer:
         """One optimiser step; returns the loss terms and the logits, still on the device (no sync)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.sched, epoch_pos)
-        images = batch.images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else batch.images
+        images = batch.images  # channels-last already when the run is (the Loader's memory_format)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             s = self.s_signals(images)
             t = self.t_signals(images, batch) if self.t_signals is not None else None
