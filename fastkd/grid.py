@@ -112,8 +112,8 @@ def _cell_config(spec: GridSpec, cell: Cell, teacher_weights: Optional[str]) -> 
     if cell.row == "student":
         return base
     options = {m: o for m, o in spec.method_options.items() if m in cell.row.split("+")}
-    # every method cell of one teacher and seed shares one teacher-output cache (its key holds the seed): the
-    # first fills it, the others read; cells whose maps exceed --cache-budget run those signals online
+    # every method cell of one teacher and seed shares one teacher-output cache (its key holds the seed), filled
+    # for all the grid's methods at once (_fill_teacher_cache); maps beyond --cache-budget run online
     cache = os.path.join(spec.out, "teacher-cache", cell.teacher, f"seed{cell.seed}")
     return replace(base, teacher=cell.teacher, teacher_weights=teacher_weights, method=cell.row,
                    method_options=options, teacher_cache=cache)
@@ -146,7 +146,7 @@ def run_grid(spec: GridSpec, progress: bool = True) -> dict:
     os.makedirs(spec.out, exist_ok=True)
     _save_spec(spec)
     cells, weights = plan(spec), dict(spec.teacher_weights)
-    bar = Progress(len(cells))
+    bar, filled = Progress(len(cells)), set()
     for cell in cells:
         done = os.path.isfile(os.path.join(cell.out, "summary.json"))
         start = time.time()
@@ -154,11 +154,27 @@ def run_grid(spec: GridSpec, progress: bool = True) -> dict:
             _evaluate_teacher(spec, cell, spec.teacher_weights[cell.teacher])
         else:
             cfg = replace(_cell_config(spec, cell, weights.get(cell.teacher)), progress=progress)
+            if cell.row not in ("teacher", "student") and not done and (cell.teacher, cell.seed) not in filled:
+                filled.add((cell.teacher, cell.seed))
+                _fill_teacher_cache(spec, cfg)
             summary = run_or_reuse(cfg, cell.label, "grid")
             if cell.row == "teacher":
                 weights[cell.teacher] = summary["checkpoint"]
         bar.finished(cell, None if done else time.time() - start)
     return write_report(spec.out)
+
+
+def _fill_teacher_cache(spec: GridSpec, cfg: TrainConfig) -> None:
+    """Before the first method cell of a (teacher, seed) that is left to train: fill its teacher cache with
+    every signal that any method of the grid needs, in one teacher pass at the cells' batch size (``fastkd
+    cache build``), so that no method cell runs the teacher (a cell whose signals are all there never loads
+    it). Nothing to do when the cache already holds them all; maps beyond ``--cache-budget`` stay online."""
+    from fastkd.cache.build import build_cache
+
+    union = "+".join(dict.fromkeys(part for m in spec.methods for part in m.split("+")))
+    options = {m: o for m, o in spec.method_options.items() if m in union.split("+")}
+    print(f"[grid] teacher cache for {cfg.teacher}, seed {cfg.seed}: {union}", file=sys.stderr, flush=True)
+    build_cache(replace(cfg, method=union, method_options=options), batch_size=cfg.batch_size, progress=cfg.progress)
 
 
 def _save_spec(spec: GridSpec) -> None:

@@ -188,3 +188,14 @@ def test_shipped_recipes_load_and_carry_the_reference_setting():
         GridSpec(data="", out="", teachers=recipe["teachers"], student=recipe["student"], methods=recipe["methods"],
                  seeds=recipe["seeds"], train=recipe["train"], student_train=recipe.get("student_train", {}),
                  method_options=recipe.get("method_options", {})).check()
+
+
+def test_method_cells_read_the_grids_teacher_cache(stopped_and_resumed):
+    """The grid fills each (teacher, seed) cache with the signals of all its methods before the first method
+    cell of that pair, so no method cell runs its teacher (the stopped and resumed kd cell included)."""
+    out = str(stopped_and_resumed[0])
+    sources = {(t, m, s): json.load(open(os.path.join(out, t, m, f"seed{s}", "summary.json")))["teacher_source"]
+               for t in TEACHERS for m in METHODS for s in SEEDS}
+    assert set(sources.values()) == {"cached"}, sources
+    student = json.load(open(os.path.join(out, "student", "seed0", "summary.json")))
+    assert student["teacher_source"] is None

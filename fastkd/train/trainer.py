@@ -334,6 +334,8 @@ class Trainer:
             "wall_seconds": wall, "train_seconds": train_s,
             "train_images_per_s": seen / max(train_s, 1e-9),
             "checkpoint": os.path.abspath(self.ckpt_path), "device": str(self.device),
+            # where the teacher's signals came from: online, cached (the teacher never ran) or filling
+            "teacher_source": self.t_signals.mode if self.t_signals is not None else None,
         }
         if self.dist.main:
             atomic_write_json(os.path.join(self.cfg.out, "summary.json"), summary)
