@@ -34,7 +34,8 @@ class _SkippingOrder:
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device
+    images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device; channels-last strides
+    # unless the Loader was built with channels_last=False
     labels: torch.Tensor  # int64 (N,)
     index: torch.Tensor  # int64 (N,) dataset index of each sample in its split
     view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) (x0, y0, w, h) in stored-image pixels
