@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, NamedTuple, Optional
 
+from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
 from fastkd.runs import run_or_reuse
 from fastkd.train.config import TrainConfig
@@ -171,18 +172,16 @@ def _fill_teacher_cache(spec: GridSpec, cfg: TrainConfig) -> None:
     it). Nothing to do when the cache already holds them all; maps beyond ``--cache-budget`` stay online."""
     from fastkd.cache.build import build_cache
 
-    union = "+".join(dict.fromkeys(part for m in spec.methods for part in m.split("+")))
-    options = {m: o for m, o in spec.method_options.items() if m in union.split("+")}
+    parts = list(dict.fromkeys(part for m in spec.methods for part in m.split("+")))
+    union = "+".join(parts)
+    options = {m: o for m, o in spec.method_options.items() if m in parts}
     print(f"[grid] teacher cache for {cfg.teacher}, seed {cfg.seed}: {union}", file=sys.stderr, flush=True)
     build_cache(replace(cfg, method=union, method_options=options), batch_size=cfg.batch_size, progress=cfg.progress)
 
 
 def _save_spec(spec: GridSpec) -> None:
     """``grid-spec.json``: what the report needs to lay out the table (column order, rows, published)."""
-    path = os.path.join(spec.out, SPEC_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(dataclasses.asdict(spec), f, indent=2)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(os.path.join(spec.out, SPEC_FILE), dataclasses.asdict(spec))
 
 
 def _evaluate_teacher(spec: GridSpec, cell: Cell, path: str) -> dict:
@@ -209,8 +208,6 @@ def _evaluate_teacher(spec: GridSpec, cell: Cell, path: str) -> dict:
                "top1": result["top1"], "top5": result.get("top5"), "checkpoint": os.path.abspath(path),
                "evaluated_from": os.path.abspath(path)}
     os.makedirs(cell.out, exist_ok=True)
-    with open(done + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(done + ".tmp", done)
+    atomic_write_json(done, summary)
     print(f"[grid] teacher {cell.teacher}: {summary['top1']:.2f} top-1 from {path}", file=sys.stderr, flush=True)
     return summary

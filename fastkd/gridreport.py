@@ -20,6 +20,7 @@ import statistics
 import sys
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from fastkd.atomic import atomic_write_text
 from fastkd.errors import UserError
 from fastkd.report import format_table
 
@@ -216,9 +217,7 @@ def write_report(root: str, quiet: bool = False) -> dict:
                                     if t.stats(r, c)}} for t in tables]}
     for name, content in (("report.md", text), ("report.csv", csv_text(tables)),
                           ("report.json", json.dumps(result, indent=2))):
-        with open(os.path.join(root, name + ".tmp"), "w") as f:
-            f.write(content)
-        os.replace(os.path.join(root, name + ".tmp"), os.path.join(root, name))
+        atomic_write_text(os.path.join(root, name), content)
     if not quiet:
         print(text)
     return result

@@ -42,8 +42,8 @@ class Batch:
     # (pad-and-crop: base pixels), flip (N,), and the augmentation's entries (augment.py): mix_partner, mix_lam,
     # mix_kind, mix_box; erase_box, erase_key; cutout_box
     epoch: int
+    host_index: np.ndarray  # ``index`` on the host (the cache's rows; no device-to-host copy)
     targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
-    host_index: Optional[np.ndarray] = None  # ``index`` on the host (the cache's rows; no device-to-host copy)
 
 
 class Loader:
@@ -127,12 +127,12 @@ class Loader:
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
             if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
-                x = self.backend.crop(index, box[:, :2].long(), flip).float().sub_(self._mean).div_(self._std)
+                x = self.backend.crop(index, box[:, :2].long(), flip).float()
             elif self.policy.train and self.policy.kind == "pad_crop":
                 x = pad_crop_flip(images, box, flip, self.policy.pad)  # exact integer gather, no interpolation
-                x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
-            else:  # NHWC views, normalised in place in their own float copy, then seen as NCHW (no copy)
-                x = images.float().sub_(self._mean.view(3)).div_(self._std.view(3)).permute(0, 3, 1, 2)
+            else:  # NHWC views seen as NCHW: their float copy keeps the channels-last strides (no transpose)
+                x = images.permute(0, 3, 1, 2).float()
+            x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None
             if self._augmenter is not None:
@@ -140,4 +140,4 @@ class Loader:
                 views.update(extra)
             start += len(idx)
             yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), index.clone(), views, epoch,
-                        targets, np.asarray(idx))
+                        idx, targets)

@@ -124,7 +124,7 @@ class TeacherSource:
     def __call__(self, images: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
         idx = None
         if self.cache is not None:
-            idx = batch.host_index if batch.host_index is not None else batch.index.cpu().numpy()
+            idx = batch.host_index
             if not self.online and self.cache.has(batch.epoch, idx, self.cached):
                 return self.cache.read(batch.epoch, idx, self.cached, images.device)
             self._materialise()  # a row the cache lacks (it changed under us): run the teacher
