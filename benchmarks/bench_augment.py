@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from fastkd.errors import UserError
+from fastkd.malloc import keep_freed_memory
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "augment.json")
 BASELINE = "dataloader"
@@ -293,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (main process)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     try:

@@ -42,6 +42,7 @@ from fastkd.atomic import atomic_write_json  # noqa: E402
 from fastkd.bench.loader import _extract_imagefolder, baseline_transform  # noqa: E402
 from fastkd.bench.machine import machine_info  # noqa: E402
 from fastkd.converters.convert import ConvertOptions, convert  # noqa: E402
+from fastkd.malloc import keep_freed_memory  # noqa: E402
 from fastkd.models import create_model  # noqa: E402
 from fastkd.pipelines import Loader, open_converted  # noqa: E402
 from fastkd.report import format_table  # noqa: E402
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
     with tempfile.TemporaryDirectory(prefix="bench_kd_step-") as tmp:
         build_tree(os.path.join(tmp, "photos"), args.images, args.side, args.side)
         data = os.path.join(tmp, "data")

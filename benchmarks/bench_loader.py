@@ -17,6 +17,7 @@ import torch
 
 from fastkd.bench.loader import run_loader_bench
 from fastkd.errors import UserError
+from fastkd.malloc import keep_freed_memory
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "loader.json")
 
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="a converted folder (default: generate --photos photos and convert them)")
     p.add_argument("--photos", type=int, default=1000, help="size of the generated photo set (without --data)")
-    p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch"], help="add memory to time it too")
+    p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch", "memory"])
     p.add_argument("--split", default="train")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (intra-op threads of the main process)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     try:

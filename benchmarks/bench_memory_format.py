@@ -20,6 +20,7 @@ import torch
 
 from fastkd.atomic import atomic_write_json
 from fastkd.bench.machine import machine_info
+from fastkd.malloc import keep_freed_memory
 from fastkd.models import create_model
 from fastkd.report import format_table
 
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
     device = torch.device(args.device)
     rows = []
     for case in args.cases:

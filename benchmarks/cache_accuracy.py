@@ -17,6 +17,7 @@ from dataclasses import replace
 from fastkd.atomic import atomic_write_json
 from fastkd.cache.build import build_cache
 from fastkd.converters.convert import ConvertOptions, convert
+from fastkd.malloc import keep_freed_memory
 from fastkd.report import format_table
 from fastkd.runs import run_or_reuse
 from fastkd.train.config import TrainConfig
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--json", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
     data = os.path.join(args.out, "data")
     if not os.path.isfile(os.path.join(data, "manifest.json")):
         convert("orl_faces", None, data, ConvertOptions(overwrite=True, progress=False))

@@ -3,9 +3,11 @@
 ``cut_view`` decodes no more than the view needs: libjpeg-turbo's DCT scaling picks the smallest of 1/1,
 1/2, 1/4, 1/8 scale that still gives the crop at least ``out`` pixels a side, and only the window of the
 crop (plus the resize filter's support) is decoded (``jpeg_window.py``: rows below it are never read,
-rows above it only entropy-decoded); then PIL resizes the (fractional) box to ``out x out`` in one
-antialiased bilinear pass. Without the native window decoder (or for a JPEG it refuses, e.g. CMYK) PIL
-decodes the whole image at that DCT scale (``draft``) instead. A box
+rows above it only entropy-decoded); then the box is resized to ``out x out`` in one antialiased bilinear
+pass: a box on whole pixels at scale 1 (most views at 224 px) is cropped and resized by torch's uint8 kernel
+(torchvision's tensor ``RandomResizedCrop``; 3-5x faster than PIL's), a fractional DCT-scaled box by PIL's
+resize with that box. Without the native window decoder (or for a JPEG it refuses, e.g. CMYK) PIL
+decodes the whole image at that DCT scale (``draft``) instead, resized the same way. A box
 ``(x0, y0, w, h)`` is in stored pixels; at DCT scale 1/s it is ``(x0, y0, w, h) / s`` (libjpeg's
 scaled pixel k covers stored pixels [k s, (k + 1) s)). Every backend cuts the same boxes; the tests hold
 each to a float reference (full decode, crop, antialiased resize) within a few grey levels.
@@ -61,6 +63,15 @@ def base_image(data: bytes, side: int) -> np.ndarray:
         raise DecodeError(_reason(exc)) from None
 
 
+def decode_whole(data: bytes) -> np.ndarray:
+    """uint8 (H, W, 3): the whole image at its stored size (PIL; the pixels the window decoder returns)."""
+    try:
+        with _open(data) as im:
+            return np.array(im.convert("RGB"), dtype=np.uint8)
+    except DECODE_ERRORS as exc:
+        raise DecodeError(_reason(exc)) from None
+
+
 def capped_image(data: bytes, short: int) -> np.ndarray:
     """The whole image, aspect kept, shrunk (never enlarged) so its shorter side is at most ``short``
     (DCT-scaled decode, then antialiased bilinear): what the memory backend holds for RRC views."""
@@ -112,6 +123,8 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     x0, y0, bw, bh = box
     s = int(dct_scale(box, out))
     sw, sh = -(-size[0] // s), -(-size[1] // s)  # libjpeg's scaled size: ceil(stored / s)
+    if s == 1 and all(float(v).is_integer() for v in box) and x0 + bw <= sw and y0 + bh <= sh:
+        return _cut_whole_pixels(data, int(x0), int(y0), int(bw), int(bh), flip, out, sw)
     fx0, fy0, fx1, fy1 = x0 / s, y0 / s, min((x0 + bw) / s, sw), min((y0 + bh) / s, sh)
     # the antialiased filter reads up to (box side / out) pixels beyond the box: decode them too, so the
     # window gives the whole image's result
@@ -126,6 +139,29 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(im, dtype=np.uint8)
+
+
+def _cut_whole_pixels(data: bytes, x0: int, y0: int, bw: int, bh: int, flip: bool, out: int, width: int
+                      ) -> Optional[np.ndarray]:
+    """A box on whole stored pixels at DCT scale 1 (most views at 224 px): exactly its pixels are decoded,
+    then torch's uint8 antialiased bilinear resize (the one torchvision's ``RandomResizedCrop`` uses on
+    tensors, vectorised: 3-4x faster than PIL's; the two agree within one grey level) of the crop."""
+    try:
+        pixels, cx = jpeg_window.decode_window(data, 1, x0, y0, x0 + bw, y0 + bh, width)
+    except jpeg_window.WindowError:
+        return None
+    return _resize_crop(pixels[:, x0 - cx : x0 - cx + bw], flip, out)
+
+
+def _resize_crop(crop: np.ndarray, flip: bool, out: int) -> np.ndarray:
+    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` resized (torch, uint8 antialiased bilinear), mirrored if ``flip``."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None]  # NCHW seen, NHWC stored
+    x = x.contiguous(memory_format=torch.channels_last)  # so is the resized view: no transposing copy
+    view = F.interpolate(x, (out, out), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+    return np.ascontiguousarray((view.flip(1) if flip else view).numpy())
 
 
 def cut_view(data: bytes, view, out: int) -> np.ndarray:
@@ -143,6 +179,9 @@ def cut_view(data: bytes, view, out: int) -> np.ndarray:
             if s > 1:  # libjpeg-turbo scaled decoding (PIL picks the largest s' with size // request >= s'); PNG: no-op
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (wid // s, hgt // s))
             rw, rh = im.size
+            if (rw, rh) == (wid, hgt) and all(v.is_integer() for v in (x0, y0, bw, bh)) and x0 + bw <= wid and y0 + bh <= hgt:
+                pixels = np.array(im.crop((x0, y0, x0 + bw, y0 + bh)).convert("RGB"), dtype=np.uint8)
+                return _resize_crop(pixels, flip, out)  # as the window decoder does
             k = float(round(wid / rw))  # the DCT scale actually applied: size = ceil(stored / k)
             crop = (x0 / k, y0 / k, min((x0 + bw) / k, rw), min((y0 + bh) / k, rh))
             im = im.resize((out, out), Image.BILINEAR, box=crop)  # antialiased: the filter widens when shrinking

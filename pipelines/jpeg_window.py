@@ -28,6 +28,10 @@ def _load() -> Optional[ctypes.CDLL]:
         lib = ctypes.CDLL(spec.origin)
     except OSError:
         return None
+    sub = lib.fk_jpeg_subimage
+    sub.restype = ctypes.c_long
+    sub.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                    ctypes.c_void_p, ctypes.c_ulong] + [ctypes.POINTER(ctypes.c_int)] * 4
     fn = lib.fk_jpeg_decode_window
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
@@ -49,11 +53,43 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
+def subimage(data: bytes, x0: int, y0: int, x1: int, y1: int) -> Optional[Tuple[bytes, int, int, int, int]]:
+    """``(jpeg, x, y, width, height)``: a JPEG of only the restart segments of ``data`` that cover stored pixels
+    ``[x0, x1) x [y0, y1)`` plus one MCU around them, cut without decoding (``fk_jpeg_subimage``), and its
+    place in the image; inside the window its pixels are the whole image's. None when ``data`` has no
+    restart interval that divides its MCU rows (or is progressive): decode it whole-image-wise instead."""
+    out = ctypes.create_string_buffer(len(data) + 16)
+    ox, oy, ow, oh = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    n = _LIB.fk_jpeg_subimage(data, len(data), x0, y0, x1, y1, out, len(out), ctypes.byref(ox), ctypes.byref(oy),
+                              ctypes.byref(ow), ctypes.byref(oh))
+    if n <= 0:
+        return None
+    return out.raw[:n], ox.value, oy.value, ow.value, oh.value
+
+
 def decode_window(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int
                   ) -> Tuple[np.ndarray, int]:
     """uint8 (y1 - y0, w, 3) RGB rows ``[y0, y1)`` of ``data`` decoded at scale ``1/scale`` (1, 2, 4, 8), holding
     columns ``[x, x + w)`` with ``x <= x0`` and ``x + w >= x1`` (iMCU-aligned); returns it and ``x``.
     ``scaled_width``: ceil(stored width / scale), which bounds the buffer.
+
+    A JPEG with restart markers is first cut to the segments around the window (:func:`subimage`), so that
+    nothing else is decoded, not even entropy-decoded; then, as for any JPEG, only the window's rows and
+    iMCU columns go through the IDCT."""
+    sub = subimage(data, x0 * scale, y0 * scale, x1 * scale, y1 * scale)
+    if sub is None:
+        return _decode(data, scale, x0, y0, x1, y1, scaled_width)
+    part, ox, oy, ow, _ = sub  # ox, oy: whole MCUs, so whole pixels at every scale
+    sx, oy = ox // scale, oy // scale
+    pixels, cx = _decode(part, scale, x0 - sx, y0 - oy, x1 - sx, y1 - oy, -(-ow // scale),
+                         inner_left=ox > 0, inner_right=-(-(ox + ow) // scale) < scaled_width)
+    return pixels, cx + sx
+
+
+def _decode(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int,
+            inner_left: bool = False, inner_right: bool = False) -> Tuple[np.ndarray, int]:
+    """:func:`decode_window` of a JPEG, whole or a :func:`subimage` (``inner_left``/``inner_right``: its edge
+    is inside the whole image, so its edge column is not the whole decode's either).
 
     libjpeg-turbo's cropped decode replicates the chroma at the crop's edge columns where the whole decode
     upsamples from the neighbour beyond it ("fancy" upsampling), so one more column is decoded on each side
@@ -69,6 +105,6 @@ def decode_window(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, s
     if rc != 0:
         raise WindowError(msg.value.decode("utf-8", "replace") or f"libjpeg failed ({rc})")
     pixels = out[: (y1 - y0) * cw.value * 3].reshape(y1 - y0, cw.value, 3)
-    first = int(cx.value > 0)  # an edge column inside the image: inexact
-    last = cw.value - int(cx.value + cw.value < scaled_width)
+    first = int(cx.value > 0 or inner_left)  # an edge column inside the image: inexact
+    last = cw.value - int(cx.value + cw.value < scaled_width or inner_right)
     return pixels[:, first:last], cx.value + first

@@ -1,6 +1,7 @@
 """Memory backend: the whole split, decoded once, as one uint8 tensor on the training device.
 
-(Photos with RandomResizedCrop views: held whole at a capped side instead, ``memory_views.py``.)
+(Photos with RandomResizedCrop views: held whole, at their stored size when the split fits the limit, else
+at a capped side, ``memory_views.py``.)
 
 For small images (CIFAR, MNIST, ImageNet32, Tiny-ImageNet) decoding is the whole cost of a loader, and
 the decoded split is small (CIFAR-10 train at 32: 50,000 x 32 x 32 x 3 = 147 MiB). This backend decodes
@@ -122,7 +123,7 @@ class MemoryBackend(Backend):
                 f"the memory backend would hold the {n} {cfg.split} images of {cfg.data.root} decoded at "
                 f"{side}x{side}x3 uint8{padded}, {format_bytes(self.nbytes)} on {dev}, over its limit of "
                 f"{format_bytes(limit)} ({why}); use another backend (--backend torch, dali or ffcv) or a smaller "
-                f"--res, or set {ENV_LIMIT} (e.g. {ENV_LIMIT}={-(-self.nbytes // (1 << 30)) + 1}G) if it fits")
+                f"--res, or raise the limit with --memory-limit {-(-self.nbytes // (1 << 30)) + 1}G (or {ENV_LIMIT}) if it fits")
         # pad-and-crop (pad > 0): stored channels-first inside its zero padding, so that a batch of views is
         # one gather straight into (B, 3, S, S), and, where there is room, with a mirrored copy that makes
         # flipped views the same gather; ``images`` is always the (N, S, S, 3) view of the decoded pixels
@@ -148,24 +149,28 @@ class MemoryBackend(Backend):
               f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
 
     def _hold_photos(self, reader, t0: float) -> None:
+        """Photos whole at their stored size when the split fits the limit (views then exactly the torch
+        backend's boxes, on the same pixels), else with the shorter side capped at the policy's base."""
         from .decode import failure
         from .memory_views import HeldPhotos
 
         cfg, n = self.cfg, len(reader)
-        self.held = HeldPhotos(reader, cfg.policy.base, cfg.device)
-        self.nbytes = self.held.nbytes
         limit, why = memory_limit(cfg.device, self.limit_bytes)
+        self.held = HeldPhotos(reader, None, cfg.device)
+        if limit is not None and self.held.nbytes > limit:
+            self.held = HeldPhotos(reader, cfg.policy.base, cfg.device)
+        self.nbytes = self.held.nbytes
         if limit is not None and self.nbytes > limit:
             raise UserError(
                 f"the memory backend would hold the {n} {cfg.split} photos of {cfg.data.root} decoded whole with the "
                 f"shorter side at most {cfg.policy.base} px, {format_bytes(self.nbytes)} on {cfg.device}, over its limit "
                 f"of {format_bytes(limit)} ({why}); use another backend (--backend torch, dali or ffcv) or a smaller "
-                f"--res, or set {ENV_LIMIT} (e.g. {ENV_LIMIT}={-(-self.nbytes // (1 << 30)) + 1}G) if it fits")
+                f"--res, or raise the limit with --memory-limit {-(-self.nbytes // (1 << 30)) + 1}G (or {ENV_LIMIT}) if it fits")
         self.held.decode(cfg.workers, lambda i, reason: failure(reader, cfg.split, i, reason))
         self.decode_s = time.perf_counter() - t0
-        print(f"memory backend: {n} {cfg.split} photos decoded whole (shorter side <= {cfg.policy.base}) into "
-              f"{format_bytes(self.nbytes)} on {cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)",
-              file=sys.stderr, flush=True)
+        size = "at their stored size" if self.held.short is None else f"with the shorter side <= {cfg.policy.base}"
+        print(f"memory backend: {n} {cfg.split} photos decoded whole {size} into {format_bytes(self.nbytes)} on "
+              f"{cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
 
     def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S): the images ``index`` (on the device) cropped at integer ``offset`` (B, 2)

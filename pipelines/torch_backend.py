@@ -68,11 +68,23 @@ class _EpochBatches:
         return num_batches(len(self.cfg.order(self.epoch)), self.cfg.batch_size, self.cfg.drop_last)
 
 
+def _stack_shared(arrays) -> torch.Tensor:
+    """``np.stack(arrays)`` as a uint8 tensor that, in a DataLoader worker, is written straight into shared
+    memory (as ``default_collate`` does), so sending it to the training process copies no pixels again."""
+    shape = (len(arrays),) + arrays[0].shape
+    if torch.utils.data.get_worker_info() is None:
+        return torch.from_numpy(np.stack(arrays))
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)), device="cpu")
+    out = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    np.stack(arrays, out=out.numpy())
+    return out
+
+
 def _collate(items):
     errors = [(it[2], it[3]) for it in items if it[3] is not None]
     if errors:
         return None, None, None, errors[0]
-    images = torch.from_numpy(np.stack([it[0] for it in items]))
+    images = _stack_shared([it[0] for it in items])
     labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
     index = torch.tensor([it[2] for it in items], dtype=torch.int64)
     return images, labels, index, None

@@ -81,3 +81,11 @@ def test_convert_train_eval_round_trip(tmp_path):
     assert json.loads(result.stdout)["top1"] == pytest.approx(summary["top1"])
     assert_user_error(run("train", "--data", data, "--out", out, "--model", "shufflenet_v2_x0_5", "--backend", "ffcv"),
                       "without ffcv")
+
+
+def test_memory_limit_option(orl_data, tmp_path):
+    """--memory-limit sets the memory backend's limit for the command (as FASTKD_MEMORY_LIMIT would)."""
+    base = ["train", "--data", orl_data, "--out", str(tmp_path / "r"), "--model", "resnet32", "--backend", "memory",
+            "--workers", "0", "--device", "cpu", "--epochs", "1"]
+    assert_user_error(run(*base, "--memory-limit", "64K"), "over its limit of 64.0 KiB", "--memory-limit")
+    assert_user_error(run(*base, "--memory-limit", "lots"), "--memory-limit", "not a size")

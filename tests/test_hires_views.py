@@ -239,3 +239,40 @@ def test_a_corrupt_sample_is_named_at_low_resolution(photos, tmp_path, backend):
     with pytest.raises(UserError, match=r"sample 3 of split 'train' \(.*shard-00000.tar at byte \d+\)"):
         for _ in Loader(data, "train", backend=backend, batch_size=8, res=32, workers=1).epoch(0):
             pass
+
+
+def test_memory_backend_holds_stored_pixels_and_cuts_the_torch_backends_views(photos, make_loader):
+    """The split fits: photos held at their stored size, and every view whose box the torch backend cuts at
+    DCT scale 1 (whole pixels) is bit-identical to the torch backend's."""
+    torch_loader = make_loader(photos, "train", backend="torch", batch_size=16, res=96, seed=4, workers=0)
+    memory = make_loader(photos, "train", backend="memory", batch_size=16, res=96, seed=4, workers=0)
+    held = memory.backend.held
+    table = _reader(photos).table
+    assert held.short is None and held.nbytes == int((table["width"].astype(np.int64) * table["height"] * 3).sum())
+    for epoch in (0, 3):
+        a, b = next(iter(torch_loader.epoch(epoch))), next(iter(memory.epoch(epoch)))
+        assert torch.equal(a.index, b.index) and torch.equal(a.view["box"], b.view["box"])
+        whole = dct_scale(a.view["box"].numpy(), 96) == 1
+        assert 4 <= whole.sum() < 16  # both kinds of box are in the batch
+        assert torch.equal(a.images[whole], b.images[whole])
+        err = (a.images[~whole] - b.images[~whole]).abs() * 255 * 0.225  # about grey levels
+        assert 0 < err.mean() < 2.0, float(err.mean())  # torch: DCT-scaled then PIL; memory: stored pixels
+
+
+def test_memory_backend_caps_the_shorter_side_when_the_split_does_not_fit(photos, make_loader, monkeypatch):
+    from fastkd.pipelines.memory_backend import MemoryBackend
+    from fastkd.pipelines.memory_views import held_shapes
+
+    table = _reader(photos).table
+    capped, full = (int((held_shapes(table, s).prod(1) * 3).sum()) for s in (110, None))
+    monkeypatch.setattr(MemoryBackend, "limit_bytes", (capped + full) // 2)
+    loader = make_loader(photos, "train", backend="memory", batch_size=8, res=96, seed=4, workers=1)
+    held = loader.backend.held
+    assert held.short == 110 and held.nbytes == capped < full and held.shapes.min(1).max() == 110
+    batch = next(iter(loader.epoch(2)))
+    reader = _reader(photos)
+    got = batch.images * loader._std / 255 + loader._mean / 255
+    got = torch.where(batch.view["flip"][:, None, None, None], got.flip(3), got).permute(0, 2, 3, 1).numpy() * 255
+    for k, i in enumerate(batch.index.tolist()):
+        err = np.abs(got[k] - _reference(reader.payload(i), batch.view["box"][k].tolist(), 96, True))
+        assert err.mean() < 3.5 and np.percentile(err, 99) < 28, (i, err.mean(), np.percentile(err, 99))

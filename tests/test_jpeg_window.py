@@ -40,13 +40,22 @@ def test_window_decoder_is_built():
                                    "(Debian: libjpeg62-turbo-dev) and run scripts/setup.sh again")
 
 
+@pytest.mark.parametrize("restarts", [None, "blocks", "rows"])
 @pytest.mark.parametrize("kind", ["420", "progressive", "grey", "444", "422"])
-def test_window_holds_the_whole_decodes_pixels(kind):
+def test_window_holds_the_whole_decodes_pixels(kind, restarts):
     """Bit for bit: libjpeg-turbo's accurate integer IDCT and upsampling are exact in every SIMD build, and the
-    window decoder drops the crop's edge columns, where a cropped decode upsamples chroma differently."""
+    window decoder drops the crop's edge columns, where a cropped decode upsamples chroma differently. With
+    restart markers (every 3 MCUs, or every MCU row) the window is first cut out of the stored bytes: the
+    sub-JPEG's artificial edges lie a whole MCU outside the window."""
     save = {"progressive": {"progressive": True}, "444": {"subsampling": 0}, "422": {"subsampling": 1}}.get(kind, {})
+    save.update({None: {}, "blocks": {"restart_marker_blocks": 3}, "rows": {"restart_marker_rows": 1}}[restarts])
     data = _jpeg(333, 251, seed=3, mode="L" if kind == "grey" else "RGB", **save)  # sides not multiples of 16
     assert decode.jpeg_size(data) == (333, 251)
+    sub = jpeg_window.subimage(data, 100, 80, 140, 120)
+    assert (sub is not None) == (restarts is not None and kind != "progressive")  # 21 or 42 MCUs a row: 3 divides
+    if sub is not None:  # the window's MCUs and one around them, widened to whole restart intervals
+        part, ox, oy, ow, oh = sub
+        assert len(part) < len(data) / (4 if restarts == "blocks" else 2) and ox <= 100 - 8 and oy <= 80 - 8 and ox + ow >= 148 and oy + oh >= 128
     rng = np.random.default_rng(0)
     for scale in (1, 2, 4, 8):
         whole = _whole(data, scale)
@@ -60,6 +69,21 @@ def test_window_holds_the_whole_decodes_pixels(kind):
             assert pixels.shape[0] == y1 - y0 and cx <= x0 and cx + pixels.shape[1] >= x1, (scale, x0, y0, x1, y1)
             np.testing.assert_array_equal(pixels, whole[y0:y1, cx : cx + pixels.shape[1]],
                                           err_msg=f"{kind} 1/{scale} window {(x0, y0, x1, y1)}")
+
+
+def test_the_converters_jpegs_carry_restart_intervals_that_divide_their_mcu_rows():
+    from fastkd.converters.images import encode_jpeg, restart_interval
+
+    assert [restart_interval(w) for w in (640, 500, 333, 368, 16, 100)] == [4, 4, 3, 23, 1, 7]
+    for w, h in [(640, 480), (333, 251), (368, 200), (100, 90)]:
+        data = encode_jpeg(photo(np.random.default_rng(w), h, w), 90)
+        at = data.index(b"\xff\xdd")  # DRI: the interval in MCUs
+        assert int.from_bytes(data[at + 4 : at + 6], "big") == restart_interval(w)
+        whole = _whole(data, 1)
+        for x0, y0, x1, y1 in [(w // 3, h // 4, w // 2, h // 2), (0, 0, 17, 9), (w - 20, h - 20, w, h)]:
+            assert jpeg_window.subimage(data, x0, y0, x1, y1) is not None
+            pixels, cx = jpeg_window.decode_window(data, 1, x0, y0, x1, y1, w)
+            np.testing.assert_array_equal(pixels, whole[y0:y1, cx : cx + pixels.shape[1]])
 
 
 def test_views_cut_through_the_window_equal_views_cut_from_whole_images(monkeypatch):

@@ -168,7 +168,7 @@ def test_memory_limit_refuses_with_the_size_and_the_fix(orl_data, monkeypatch):
         Loader(orl_data, "train", backend="memory", batch_size=32, res=32, workers=0)
     msg = str(info.value)
     for part in ("320 train images", "32x32x3", "zero-padded to 40x40", "1.5 MiB", "512.0 KiB", ENV_LIMIT,
-                 "--backend torch", "--res"):
+                 "--backend torch", "--res", "--memory-limit 2G"):
         assert part in msg, (part, msg)
     monkeypatch.setenv(ENV_LIMIT, "1M")  # the 80 test images need 375 KiB (750 KiB with the mirror)
     Loader(orl_data, "test", backend="memory", batch_size=32, res=32, workers=0)  # fits

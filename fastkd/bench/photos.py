@@ -48,8 +48,8 @@ def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progres
 
 
 def converted_photo_set(folder: str, n: int, progress: bool = True, val_fraction: float = 0.0) -> str:
-    """``write_photo_set`` into ``folder/src``, converted (both formats, stored as is: 640 px is under the
-    imagefolder default --max-side; ``val_fraction`` > 0 carves a val split) to ``folder/photos``."""
+    """``write_photo_set`` into ``folder/src``, converted (both formats, imagefolder's default ``--max-side``
+    512: longer sides above it shrunk; ``val_fraction`` > 0 carves a val split) to ``folder/photos``."""
     from fastkd.converters.convert import ConvertOptions, convert
 
     src, out = os.path.join(folder, "src"), os.path.join(folder, "photos")

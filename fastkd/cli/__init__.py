@@ -22,6 +22,9 @@ def cli():
 
 def main(argv=None) -> None:
     from . import ablate, bench, cache, compare, convert, demo, grid, listing, train, verify  # noqa: F401  (register subcommands)
+    from fastkd.malloc import keep_freed_memory
+
+    keep_freed_memory()  # big tensors without page faults (fastkd/malloc.py)
 
     try:
         cli.main(args=argv, prog_name="fastkd", standalone_mode=False)

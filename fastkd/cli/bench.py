@@ -6,7 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .options import RegistryOption
+from .options import RegistryOption, memory_limit_option
 
 
 @cli.group()
@@ -18,9 +18,11 @@ def bench():
 @click.option("--data", default=None, help="A folder written by `fastkd convert` (default: --photos generated photos).")
 @click.option("--photos", type=click.IntRange(16), default=1000, show_default=True,
               help="Without --data: generate this many 360-640 px JPEG photos and convert them first.")
-@click.option("--backends", default="ffcv,dali,torch", show_default=True, cls=RegistryOption,
+@click.option("--backends", default="ffcv,dali,torch,memory", show_default=True, cls=RegistryOption,
               registry="fastkd.pipelines:BACKENDS",
-              help="Comma list of backends to time (memory on photos: built for a GPU, slow on a CPU).")
+              help="Comma list of backends to time (memory: decodes the split once when built, its build s in the "
+                   "table; skipped when the split does not fit its limit).")
+@memory_limit_option()
 @click.option("--split", default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True)

@@ -6,7 +6,7 @@ import json
 import click
 
 from . import cli
-from .options import RegistryOption
+from .options import RegistryOption, memory_limit_option
 from .train import parse_method_options
 
 
@@ -38,6 +38,7 @@ def cache():
 @click.option("--cache-budget", type=float, default=1e9, show_default=True)
 @click.option("--backend", default="torch", show_default=True, cls=RegistryOption, registry="fastkd.pipelines:BACKENDS",
               help="Pipeline backend (the training run's).")
+@memory_limit_option()
 @click.option("--batch-size", type=click.IntRange(2), default=256, show_default=True, help="Teacher batch (even).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--train-split", default="train", show_default=True)

@@ -6,7 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .options import RegistryOption
+from .options import RegistryOption, memory_limit_option
 
 
 def _names(value):
@@ -42,6 +42,7 @@ def _weights(items):
 @click.option("--res", type=int, default=None)
 @click.option("--backend", default=None, cls=RegistryOption, registry="fastkd.pipelines:BACKENDS",
               help="Data pipeline [torch].")
+@memory_limit_option()
 @click.option("--workers", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu or cuda [auto].")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress bars (grid progress lines stay).")

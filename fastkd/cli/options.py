@@ -29,3 +29,26 @@ def backend_option(*decls, help="Data pipeline (see `fastkd list backends`).", *
     """``--backend`` (default ``torch``) with the registered backends in its help."""
     return click.option(*(decls or ("--backend",)), cls=RegistryOption, registry="fastkd.pipelines:BACKENDS",
                         default="torch", show_default=True, help=help, **kwargs)
+
+
+def _apply_memory_limit(ctx, param, value):
+    if value is not None:
+        import os
+
+        from fastkd.errors import UserError
+        from fastkd.pipelines.memory_backend import ENV_LIMIT, parse_bytes
+
+        try:
+            parse_bytes(value)
+        except UserError:
+            raise click.BadParameter(f"{value!r} is not a size; give bytes or e.g. 512M, 16G") from None
+        os.environ[ENV_LIMIT] = value  # DataLoader workers and every Loader of the run see it too
+    return value
+
+
+def memory_limit_option():
+    """``--memory-limit SIZE``: the memory backend's limit for this command (as ``FASTKD_MEMORY_LIMIT``)."""
+    return click.option("--memory-limit", default=None, metavar="SIZE", expose_value=False, is_eager=True,
+                        callback=_apply_memory_limit,
+                        help="Most memory the memory backend may hold the decoded split in, e.g. 12G (default: 8 GiB "
+                             "on a GPU, 80% of the available RAM on a CPU; or FASTKD_MEMORY_LIMIT).")

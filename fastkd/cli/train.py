@@ -8,7 +8,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .options import backend_option
+from .options import backend_option, memory_limit_option
 
 
 def parse_method_options(items) -> dict:
@@ -104,6 +104,7 @@ def _check_method_options(cfg) -> None:
 @click.option("--res", type=int, default=None, help="Training resolution (default: the dataset's). <=64 selects "
               "the low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
 @backend_option()
+@memory_limit_option()
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--eval-split", default=None, help="Split for top-1/top-5 (default: test, else val).")
@@ -140,6 +141,7 @@ def train(opts, milestones, resume, quiet, **kw):
 @click.option("--checkpoint", required=True, help="A checkpoint.pt written by `fastkd train`.")
 @click.option("--split", default="test", show_default=True)
 @backend_option()
+@memory_limit_option()
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)

@@ -348,6 +348,9 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    from fastkd.malloc import keep_freed_memory
+
+    keep_freed_memory()  # as the fastkd command: big activations without page faults (fastkd/malloc.py)
     if distributed.elastic_restart() and os.path.exists(os.path.join(cfg.out, CHECKPOINT)):
         resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
         if distributed.is_main_process():
