@@ -86,8 +86,7 @@ def _check_method_options(cfg) -> None:
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True,
               help="Mixed precision (autocast; fp16 adds a gradient scaler, saved in checkpoints).")
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="NHWC memory format for the models and batches (faster convolutions on GPUs and CPUs; "
-              "ShuffleNetV2 is the exception on a CPU: train it with --no-channels-last).")
+              help="NHWC memory format for the models and batches (faster convolutions on GPUs and CPUs).")
 @click.option("--compile", is_flag=True, help="torch.compile the student.")
 @click.option("--sync-bn", is_flag=True, help="torchrun: BatchNorm statistics over the global batch of all ranks "
               "(N ranks then train as one process with batch N x B).")
