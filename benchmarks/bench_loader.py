@@ -15,7 +15,7 @@ import tempfile
 
 import torch
 
-from fastkd.bench.loader import run_loader_bench
+from fastkd.bench.loader import REFERENCES, run_loader_bench
 from fastkd.errors import UserError
 from fastkd.malloc import keep_freed_memory
 
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="a converted folder (default: generate --photos photos and convert them)")
     p.add_argument("--photos", type=int, default=1000, help="size of the generated photo set (without --data)")
     p.add_argument("--backends", nargs="+", default=["ffcv", "dali", "torch", "memory"])
+    p.add_argument("--references", nargs="*", default=list(REFERENCES),
+                   help="FFCV's and DALI's own pipelines to time beside (RandomResizedCrop resolutions only)")
     p.add_argument("--split", default="train")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
                 out = args.out if len(args.res) == 1 else f"{os.path.splitext(args.out)[0]}_r{res}.json"
                 run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
                                  workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-                                 device=args.device, out_json=out, progress=not args.quiet)
+                                 device=args.device, out_json=out, progress=not args.quiet,
+                                 references=tuple(args.references) if res is None or res > 64 else ())
                 print(f"wrote {out}\n")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,12 +1,12 @@
-"""The memory backend's photo store: a split decoded once, whole, at a capped side; views cut every epoch.
+"""The memory backend's photo store: a split decoded once, whole; views cut every epoch.
 
 For mid-sized photo sets (Cars, Dogs, Flowers, Aircraft) trained with RandomResizedCrop: every image is
 decoded once into one flat uint8 buffer on the device, packed without padding: at its stored size when
 the whole split fits the memory limit (a view is then cut from exactly the pixels the torch backend
 decodes, its box on whole pixels), else with the aspect kept and the shorter side at most the policy's
-``base``, the side torchvision's evaluation resizes to (``decode.capped_image``). A batch of views is then each box scaled to its held image's pixels and cut on the device
-(``device_views.cut_views``; on a CPU :func:`resize_views`, with the box edges on whole held pixels) -- the
-same boxes the other backends cut, from fewer stored pixels.
+``base``, the side torchvision's evaluation resizes to (``decode.capped_image``). A batch of views is
+then each box scaled to its held image's pixels and cut on the device (``device_views.cut_views``; on a
+CPU :func:`resize_views`, with the box edges on whole held pixels): the same boxes the other backends cut.
 """
 from __future__ import annotations
 

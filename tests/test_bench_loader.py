@@ -1,6 +1,7 @@
 """`fastkd bench loader` on a tiny conversion: rows, positive throughput, ratios, skipped backends, JSON."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -48,10 +49,14 @@ def test_loader_bench_on_generated_photos(tmp_path, capsys):
     for f in files[:6]:
         with Image.open(f) as im:
             assert 360 <= max(im.size) <= 640 and f.stat().st_size * 8 / (im.size[0] * im.size[1]) > 1.0
+    references = tuple(r for r, package in (("ffcv-own", "ffcv"), ("dali-own", "nvidia.dali"))
+                       if importlib.util.find_spec(package.split(".")[0]) is not None)
     result = run_loader_bench(data, backends=("torch", "memory"), batch_size=8, workers=1, res=96, epochs=1,
-                              warmup_epochs=0, out_json=str(tmp_path / "photos.json"), progress=False)
+                              warmup_epochs=0, out_json=str(tmp_path / "photos.json"), progress=False,
+                              references=references)
     rows = result["rows"]
-    assert result["settings"]["policy"] == "rrc"
-    for name in (BASELINE, DECODE_ONLY, "torch", "memory"):
+    assert result["settings"]["policy"] == "rrc" and result["settings"]["references"] == list(references)
+    for name in (BASELINE, DECODE_ONLY, "torch", "memory") + references:  # the libraries' own pipelines too
         assert rows[name]["status"] == "ok" and rows[name]["images"] == 24, rows[name]
-    assert "decode-only" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "decode-only" in out and all(f"{r.split('-')[0]} (own pipeline)" in out for r in references)

@@ -62,6 +62,8 @@ def test_user_errors_are_one_line_with_exit_2(orl_data, tmp_path):
     assert_user_error(run(*base, "--model", "resnet32", "--method", "kd"), "--teacher-weights")
     assert_user_error(run(*base, "--model", "resnet32", "--no-such-flag"), "--no-such-flag")
     assert_user_error(run("eval", "--data", orl_data, "--checkpoint", str(tmp_path / "none.pt")), "does not exist")
+    assert_user_error(run("bench", "loader", "--data", orl_data, "--references", "tfds-own"),
+                      "unknown --references tfds-own", "ffcv-own")
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "r")
 
 

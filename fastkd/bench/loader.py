@@ -6,7 +6,8 @@ torchvision transforms equivalent to fastkd's view policy (RandomResizedCrop on 
 for res > 64). The "decode-only" row is the ceiling of any loader that decodes every pixel: a full PIL
 decode of every file of that tree with the same number of DataLoader workers, nothing else; a loader
 can beat it only by decoding less (DCT-scaled or cropped decoding). Every loader's output is consumed
-(summed on the device) so that no work is skipped. Warm-up epochs (FFCV's numba compilation) are not timed,
+(summed on the device) so that no work is skipped. With ``references``, FFCV's and DALI's own
+RandomResizedCrop pipelines on the same stored JPEGs are timed too (``library_pipelines.py``). Warm-up epochs (FFCV's numba compilation) are not timed,
 nor is building a loader: the table shows it as "build s" (the memory backend decodes the whole split
 once there, then cuts views from memory every epoch).
 """
@@ -30,7 +31,9 @@ from fastkd.errors import UserError
 BASELINE = "dataloader"
 DECODE_ONLY = "decode-only"
 NAMES = {BASELINE: "torchvision DataLoader", DECODE_ONLY: "decode-only (PIL, full)", "ffcv": "fastkd ffcv",
-         "dali": "fastkd dali", "torch": "fastkd torch", "memory": "fastkd memory"}
+         "dali": "fastkd dali", "torch": "fastkd torch", "memory": "fastkd memory",
+         "ffcv-own": "ffcv (own pipeline)", "dali-own": "dali (own pipeline)"}
+REFERENCES = ("ffcv-own", "dali-own")  # fastkd/bench/library_pipelines.py
 
 
 def _consume(batches, device: torch.device) -> int:
@@ -128,7 +131,9 @@ class _DecodeOnly:
 def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch", "memory"), split: str = "train",
                      batch_size: int = 64, workers: int = 2, res: Optional[int] = None, epochs: int = 3,
                      warmup_epochs: int = 1, device="cpu", out_json: Optional[str] = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, references: Sequence[str] = ()) -> dict:
+    """``references``: FFCV's and DALI's own pipelines to time beside (``library_pipelines.py``: "ffcv-own",
+    "dali-own"; RandomResizedCrop views only)."""
     import torchvision
 
     from fastkd.pipelines import Loader, open_converted
@@ -161,10 +166,22 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                             workers=workers, device=dev)
             return loader, lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
 
+        def build_reference(name):
+            from fastkd.bench import library_pipelines as lib
+
+            if policy.kind != "rrc":
+                raise UserError(f"{name} times RandomResizedCrop views: give a --res above 64")
+            if name == lib.FFCV_OWN:
+                obj, run_epoch = lib.ffcv_own(conv.path(conv.split(split)["ffcv"]), res, batch_size, workers)
+            else:
+                obj, run_epoch = lib.dali_own(tmp, res, batch_size, workers)
+            return obj, lambda o, e: _consume(run_epoch(o, e), dev)
+
         if progress:
             print(f"bench loader: res {res}, batch {batch_size}, workers {workers}", file=sys.stderr)
         rows = _measure({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,
-                         **{b: partial(build_fastkd, b) for b in backends}}, warmup_epochs, epochs, progress)
+                         **{b: partial(build_fastkd, b) for b in backends},
+                         **{r: partial(build_reference, r) for r in references}}, warmup_epochs, epochs, progress)
     base, ceiling = rows[BASELINE].get("images_per_s"), rows[DECODE_ONLY].get("images_per_s")
     for row in rows.values():
         ips = row.get("images_per_s")
@@ -174,7 +191,8 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
               "settings": {"data": os.path.abspath(data), "dataset": conv.manifest.get("dataset"), "split": split,
                            "images": int(conv.split(split)["count"]), "res": res, "policy": policy.kind,
                            "base": policy.base, "batch_size": batch_size, "workers": workers, "epochs": epochs,
-                           "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends)},
+                           "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends),
+                           "references": list(references)},
               "rows": rows}
     print(format_table(result))
     if out_json:

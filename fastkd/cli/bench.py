@@ -23,6 +23,9 @@ def bench():
               help="Comma list of backends to time (memory: decodes the split once when built, its build s in the "
                    "table; skipped when the split does not fit its limit).")
 @memory_limit_option()
+@click.option("--references", default="ffcv-own,dali-own", show_default=True,
+              help="FFCV's and DALI's own RandomResizedCrop pipelines to time beside fastkd's backends (res > 64; "
+                   "empty: none).")
 @click.option("--split", default="train", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
@@ -31,20 +34,27 @@ def bench():
 @click.option("--warmup-epochs", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_json", default="benchmarks/results/loader.json", show_default=True, help="JSON output.")
-def loader(data, photos, backends, split, batch_size, workers, res, epochs, warmup_epochs, device, out_json):
+def loader(data, photos, backends, references, split, batch_size, workers, res, epochs, warmup_epochs, device,
+           out_json):
     """images/s of each backend vs ImageFolder + DataLoader on the same images and augmentation, and a
     decode-only row (full decode of every image, same workers)."""
     import tempfile
 
-    from fastkd.bench.loader import run_loader_bench
+    from fastkd.bench.loader import REFERENCES, run_loader_bench
     from fastkd.bench.photos import converted_photo_set
     from fastkd.pipelines import BACKENDS, open_converted
 
     names = tuple(BACKENDS.canonical(b.strip()) for b in backends.split(",") if b.strip())
+    refs = tuple(r.strip() for r in references.split(",") if r.strip())
+    unknown = [r for r in refs if r not in REFERENCES]
+    if unknown:
+        raise UserError(f"unknown --references {', '.join(unknown)}; choose from {', '.join(REFERENCES)}")
     if not names:
         raise UserError("--backends is empty; give e.g. ffcv,dali,torch")
     with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
         data = data or converted_photo_set(tmp, photos)
-        open_converted(data)
+        if (res or open_converted(data).default_res) <= 64:
+            refs = ()  # the libraries' own RandomResizedCrop pipelines: photos only
         run_loader_bench(data, backends=names, split=split, batch_size=batch_size, workers=workers, res=res,
-                         epochs=epochs, warmup_epochs=warmup_epochs, device=device, out_json=out_json)
+                         epochs=epochs, warmup_epochs=warmup_epochs, device=device, out_json=out_json,
+                         references=refs)
