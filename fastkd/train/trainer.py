@@ -54,9 +54,11 @@ class Trainer:
         common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
                       workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world,
                       channels_last=cfg.channels_last)
+        self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
+        for split in (cfg.train_split, self.eval_split):
+            self.data.split(split)  # a missing split stops the run before any loader decodes a whole split
         self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.views,
                                    augment=cfg.augment_config(), **common)
-        self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
         self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
         if len(self.train_loader) == 0:
             raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.train_loader.count} training samples; "
