@@ -30,11 +30,11 @@ def _load() -> Optional[ctypes.CDLL]:
         return None
     sub = lib.fk_jpeg_subimage
     sub.restype = ctypes.c_long
-    sub.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    sub.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                     ctypes.c_void_p, ctypes.c_ulong] + [ctypes.POINTER(ctypes.c_int)] * 4
     fn = lib.fk_jpeg_decode_window
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(ctypes.c_int),
                    ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_int]
     return lib
@@ -53,25 +53,32 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
-def subimage(data: bytes, x0: int, y0: int, x1: int, y1: int) -> Optional[Tuple[bytes, int, int, int, int]]:
-    """``(jpeg, x, y, width, height)``: a JPEG of only the restart segments of ``data`` that cover stored pixels
-    ``[x0, x1) x [y0, y1)`` plus one MCU around them, cut without decoding (``fk_jpeg_subimage``), and its
-    place in the image; inside the window its pixels are the whole image's. None when ``data`` has no
-    restart interval that divides its MCU rows (or is progressive): decode it whole-image-wise instead."""
-    out = ctypes.create_string_buffer(len(data) + 16)
+def _bytes(data) -> np.ndarray:
+    """``data`` (bytes or a uint8 array) as a uint8 array, without a copy."""
+    return data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+
+
+def subimage(data, x0: int, y0: int, x1: int, y1: int) -> Optional[Tuple[np.ndarray, int, int, int, int]]:
+    """``(jpeg, x, y, width, height)``: a JPEG (uint8 array) of only the restart segments of ``data`` that cover
+    stored pixels ``[x0, x1) x [y0, y1)`` plus one MCU around them, cut without decoding (``fk_jpeg_subimage``),
+    and its place in the image; inside the window its pixels are the whole image's. None when ``data`` has
+    no restart interval that divides its MCU rows (or is progressive): decode it whole-image-wise instead."""
+    src = _bytes(data)
+    out = np.empty(len(src) + 16, dtype=np.uint8)
     ox, oy, ow, oh = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-    n = _LIB.fk_jpeg_subimage(data, len(data), x0, y0, x1, y1, out, len(out), ctypes.byref(ox), ctypes.byref(oy),
-                              ctypes.byref(ow), ctypes.byref(oh))
+    n = _LIB.fk_jpeg_subimage(src.ctypes.data, len(src), x0, y0, x1, y1, out.ctypes.data, len(out),
+                              ctypes.byref(ox), ctypes.byref(oy), ctypes.byref(ow), ctypes.byref(oh))
     if n <= 0:
         return None
-    return out.raw[:n], ox.value, oy.value, ow.value, oh.value
+    return out[:n], ox.value, oy.value, ow.value, oh.value
 
 
-def decode_window(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int
+def decode_window(data, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int
                   ) -> Tuple[np.ndarray, int]:
     """uint8 (y1 - y0, w, 3) RGB rows ``[y0, y1)`` of ``data`` decoded at scale ``1/scale`` (1, 2, 4, 8), holding
     columns ``[x, x + w)`` with ``x <= x0`` and ``x + w >= x1`` (iMCU-aligned); returns it and ``x``.
-    ``scaled_width``: ceil(stored width / scale), which bounds the buffer.
+    ``data``: the JPEG's bytes (or a uint8 array); ``scaled_width``: ceil(stored width / scale), which bounds
+    the buffer.
 
     A JPEG with restart markers is first cut to the segments around the window (:func:`subimage`), so that
     nothing else is decoded, not even entropy-decoded; then, as for any JPEG, only the window's rows and
@@ -86,7 +93,7 @@ def decode_window(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, s
     return pixels, cx + sx
 
 
-def _decode(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int,
+def _decode(data, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: int,
             inner_left: bool = False, inner_right: bool = False) -> Tuple[np.ndarray, int]:
     """:func:`decode_window` of a JPEG, whole or a :func:`subimage` (``inner_left``/``inner_right``: its edge
     is inside the whole image, so its edge column is not the whole decode's either).
@@ -100,8 +107,9 @@ def _decode(data: bytes, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_
     out = np.empty(cap, dtype=np.uint8)
     cx, cw = ctypes.c_int(), ctypes.c_int()
     msg = ctypes.create_string_buffer(MSG_BYTES)
-    rc = _LIB.fk_jpeg_decode_window(data, len(data), scale, x0, y0, x1, y1, out.ctypes.data, cap, ctypes.byref(cx),
-                                    ctypes.byref(cw), msg, MSG_BYTES)
+    src = _bytes(data)
+    rc = _LIB.fk_jpeg_decode_window(src.ctypes.data, len(src), scale, x0, y0, x1, y1, out.ctypes.data, cap,
+                                    ctypes.byref(cx), ctypes.byref(cw), msg, MSG_BYTES)
     if rc != 0:
         raise WindowError(msg.value.decode("utf-8", "replace") or f"libjpeg failed ({rc})")
     pixels = out[: (y1 - y0) * cw.value * 3].reshape(y1 - y0, cw.value, 3)
