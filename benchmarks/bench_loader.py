@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                 run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
                                  workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                                  device=args.device, out_json=out, progress=not args.quiet,
-                                 references=tuple(args.references) if res is None or res > 64 else ())
+                                 references=tuple(args.references))
                 print(f"wrote {out}\n")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -124,7 +124,7 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     x0, y0, bw, bh = box
     s = int(dct_scale(box, out))
     sw, sh = -(-size[0] // s), -(-size[1] // s)  # libjpeg's scaled size: ceil(stored / s)
-    if s == 1 and all(float(v).is_integer() for v in box) and x0 + bw <= sw and y0 + bh <= sh:
+    if s == 1 and _on_whole_pixels(box, sw, sh):
         return _cut_whole_pixels(data, int(x0), int(y0), int(bw), int(bh), flip, out, sw)
     fx0, fy0, fx1, fy1 = x0 / s, y0 / s, min((x0 + bw) / s, sw), min((y0 + bh) / s, sh)
     # the antialiased filter reads up to (box side / out) pixels beyond the box: decode them too, so the
@@ -142,6 +142,13 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     return np.asarray(im, dtype=np.uint8)
 
 
+def _on_whole_pixels(box, width: int, height: int) -> bool:
+    """Box ``(x0, y0, w, h)`` lies on whole pixels inside a ``width x height`` image (cropped exactly, then
+    resized by :func:`_resize_crop`)."""
+    x0, y0, bw, bh = box
+    return all(float(v).is_integer() for v in box) and x0 + bw <= width and y0 + bh <= height
+
+
 def _cut_whole_pixels(data: bytes, x0: int, y0: int, bw: int, bh: int, flip: bool, out: int, width: int
                       ) -> Optional[np.ndarray]:
     """A box on whole stored pixels at DCT scale 1 (most views at 224 px): exactly its pixels are decoded,
@@ -155,14 +162,12 @@ def _cut_whole_pixels(data: bytes, x0: int, y0: int, bw: int, bh: int, flip: boo
 
 
 def _resize_crop(crop: np.ndarray, flip: bool, out: int) -> np.ndarray:
-    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` resized (torch, uint8 antialiased bilinear), mirrored if ``flip``."""
+    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` through :func:`device_views.resize_hwc`."""
     import torch
-    import torch.nn.functional as F
 
-    x = torch.from_numpy(crop).permute(2, 0, 1)[None]  # NCHW seen, NHWC stored
-    x = x.contiguous(memory_format=torch.channels_last)  # so is the resized view: no transposing copy
-    view = F.interpolate(x, (out, out), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
-    return np.ascontiguousarray((view.flip(1) if flip else view).numpy())
+    from .device_views import resize_hwc
+
+    return np.ascontiguousarray(resize_hwc(torch.from_numpy(crop), out, flip).numpy())
 
 
 def cut_view(data: bytes, view, out: int) -> np.ndarray:
@@ -180,7 +185,7 @@ def cut_view(data: bytes, view, out: int) -> np.ndarray:
             if s > 1:  # libjpeg-turbo scaled decoding (PIL picks the largest s' with size // request >= s'); PNG: no-op
                 im.draft(im.mode if im.mode in ("L", "RGB") else "RGB", (wid // s, hgt // s))
             rw, rh = im.size
-            if (rw, rh) == (wid, hgt) and all(v.is_integer() for v in (x0, y0, bw, bh)) and x0 + bw <= wid and y0 + bh <= hgt:
+            if (rw, rh) == (wid, hgt) and _on_whole_pixels((x0, y0, bw, bh), wid, hgt):
                 pixels = np.array(im.crop((x0, y0, x0 + bw, y0 + bh)).convert("RGB"), dtype=np.uint8)
                 return _resize_crop(pixels, flip, out)  # as the window decoder does
             k = float(round(wid / rw))  # the DCT scale actually applied: size = ceil(stored / k)

@@ -1,6 +1,7 @@
-"""Cutting view boxes from decoded images on the training device (memory backend, torch backend on a GPU).
+"""Cutting view boxes from decoded images on the training device (memory backend, torch backend on a GPU), and
+the uint8 resize that every CPU path cuts whole-pixel views with (:func:`resize_hwc`).
 
-Per sample: the whole pixels around the box, as float, then ``torchvision.ops.roi_align`` with
+:func:`cut_views`, per sample: the whole pixels around the box, as float, then ``torchvision.ops.roi_align`` with
 ``aligned=True`` and adaptive sampling (each output pixel averages ceil(box / out)^2 bilinear samples:
 an area filter when shrinking, bilinear when enlarging) to ``out x out``; the exact fractional box is
 kept. The loop is per sample because the images differ in size; its cost is a few small kernels each.
@@ -11,6 +12,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+
+def resize_hwc(crop: torch.Tensor, out: int, flip: bool = False) -> torch.Tensor:
+    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` resized by torch's uint8 antialiased bilinear (the kernel
+    torchvision's tensor ``RandomResizedCrop`` uses; vectorised, 3-5x faster than PIL's, within one grey level
+    of it), mirrored if ``flip``. Channels-last in and out: no transposing copy."""
+    import torch.nn.functional as F
+
+    x = crop.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+    view = F.interpolate(x, (out, out), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+    return view.flip(1) if flip else view
 
 
 def cut_views(images: Sequence[torch.Tensor], boxes: np.ndarray, out: int) -> torch.Tensor:

@@ -137,12 +137,12 @@ class Loader:
             view = self.views_of(epoch, idx)
             box = torch.from_numpy(view["box"]).float()
             flip = torch.from_numpy(view["flip"])
-            if images is None:  # the same views as pad_crop_flip, cut by the backend from its held split
-                x = self.backend.crop(index, box[:, :2].long(), flip).float().sub_(self._mean).div_(self._std)
-            elif self.policy.train and self.policy.kind == "pad_crop":  # exact integer gather, no interpolation
-                x = pad_crop_flip(images, box, flip, self.policy.pad).sub_(self._mean).div_(self._std)
-            else:  # NHWC views seen as NCHW, normalised where they lie: channels-last strides, no transpose
-                x = self._normalise_nhwc(images).permute(0, 3, 1, 2)
+            if images is not None and not (self.policy.train and self.policy.kind == "pad_crop"):
+                x = self._normalise_nhwc(images).permute(0, 3, 1, 2)  # NHWC views seen as NCHW: no transpose
+            else:  # pad-and-crop: the backend's single gather from its held split, else an exact integer gather
+                x = (self.backend.crop(index, box[:, :2].long(), flip).float() if images is None
+                     else pad_crop_flip(images, box, flip, self.policy.pad))
+                x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
             views = {"box": box.to(self.device), "flip": flip.to(self.device)}
             targets = None
             if self._augmenter is not None:

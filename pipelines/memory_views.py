@@ -89,7 +89,7 @@ def resize_views(images, boxes: np.ndarray, out: int) -> torch.Tensor:
     rounded to whole held pixels (a shift under half a held pixel), resized by torch's uint8 antialiased
     bilinear (torchvision's tensor ``RandomResizedCrop``: vectorised, 5-10x faster than ``cut_views``'
     float ``roi_align`` per sample), mirrored where ``boxes[k, 4]`` is set."""
-    import torch.nn.functional as F
+    from .device_views import resize_hwc
 
     res = torch.empty((len(images), out, out, 3), dtype=torch.uint8)
     edges = np.round(np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], 1)).astype(np.int64)
@@ -98,7 +98,5 @@ def resize_views(images, boxes: np.ndarray, out: int) -> torch.Tensor:
         h, w = image.shape[:2]
         c0, r0 = min(max(0, edges[k, 0]), w - 1), min(max(0, edges[k, 1]), h - 1)
         c1, r1 = max(c0 + 1, min(w, edges[k, 2])), max(r0 + 1, min(h, edges[k, 3]))
-        crop = image[r0:r1, c0:c1].permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
-        view = F.interpolate(crop, (out, out), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
-        res[k] = view.flip(1) if flips[k] else view
+        res[k] = resize_hwc(image[r0:r1, c0:c1], out, bool(flips[k]))
     return res

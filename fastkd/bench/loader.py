@@ -7,8 +7,9 @@ for res > 64). The "decode-only" row is the ceiling of any loader that decodes e
 decode of every file of that tree with the same number of DataLoader workers, nothing else; a loader
 can beat it only by decoding less (DCT-scaled or cropped decoding). Every loader's output is consumed
 (summed on the device) so that no work is skipped. With ``references``, FFCV's and DALI's own
-RandomResizedCrop pipelines on the same stored JPEGs are timed too (``library_pipelines.py``). Warm-up epochs (FFCV's numba compilation) are not timed,
-nor is building a loader: the table shows it as "build s" (the memory backend decodes the whole split
+RandomResizedCrop pipelines on the same stored JPEGs are timed too (``library_pipelines.py``; at
+RandomResizedCrop resolutions only). Warm-up epochs (FFCV's numba compilation) are not timed, nor is
+building a loader: the table shows it as "build s" (the memory backend decodes the whole split
 once there, then cuts views from memory every epoch).
 """
 from __future__ import annotations
@@ -25,15 +26,15 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 
 from fastkd.atomic import atomic_write_json
+from fastkd.bench import library_pipelines
 from fastkd.bench.machine import machine_info
 from fastkd.errors import UserError
 
 BASELINE = "dataloader"
 DECODE_ONLY = "decode-only"
 NAMES = {BASELINE: "torchvision DataLoader", DECODE_ONLY: "decode-only (PIL, full)", "ffcv": "fastkd ffcv",
-         "dali": "fastkd dali", "torch": "fastkd torch", "memory": "fastkd memory",
-         "ffcv-own": "ffcv (own pipeline)", "dali-own": "dali (own pipeline)"}
-REFERENCES = ("ffcv-own", "dali-own")  # fastkd/bench/library_pipelines.py
+         "dali": "fastkd dali", "torch": "fastkd torch", "memory": "fastkd memory", **library_pipelines.NAMES}
+REFERENCES = tuple(library_pipelines.NAMES)  # "ffcv-own", "dali-own"
 
 
 def _consume(batches, device: torch.device) -> int:
@@ -132,8 +133,8 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                      batch_size: int = 64, workers: int = 2, res: Optional[int] = None, epochs: int = 3,
                      warmup_epochs: int = 1, device="cpu", out_json: Optional[str] = None,
                      progress: bool = True, references: Sequence[str] = ()) -> dict:
-    """``references``: FFCV's and DALI's own pipelines to time beside (``library_pipelines.py``: "ffcv-own",
-    "dali-own"; RandomResizedCrop views only)."""
+    """``references``: FFCV's and DALI's own pipelines to time beside (:data:`REFERENCES`); ignored at
+    pad-and-crop resolutions (res <= 64), where they have no counterpart."""
     import torchvision
 
     from fastkd.pipelines import Loader, open_converted
@@ -167,16 +168,14 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
             return loader, lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
 
         def build_reference(name):
-            from fastkd.bench import library_pipelines as lib
-
-            if policy.kind != "rrc":
-                raise UserError(f"{name} times RandomResizedCrop views: give a --res above 64")
-            if name == lib.FFCV_OWN:
-                obj, run_epoch = lib.ffcv_own(conv.path(conv.split(split)["ffcv"]), res, batch_size, workers)
+            if name == library_pipelines.FFCV_OWN:
+                obj, run_epoch = library_pipelines.ffcv_own(conv.path(conv.split(split)["ffcv"]), res, batch_size,
+                                                            workers)
             else:
-                obj, run_epoch = lib.dali_own(tmp, res, batch_size, workers)
+                obj, run_epoch = library_pipelines.dali_own(tmp, res, batch_size, workers)
             return obj, lambda o, e: _consume(run_epoch(o, e), dev)
 
+        references = tuple(references) if policy.kind == "rrc" else ()
         if progress:
             print(f"bench loader: res {res}, batch {batch_size}, workers {workers}", file=sys.stderr)
         rows = _measure({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,

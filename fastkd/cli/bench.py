@@ -53,8 +53,7 @@ def loader(data, photos, backends, references, split, batch_size, workers, res, 
         raise UserError("--backends is empty; give e.g. ffcv,dali,torch")
     with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
         data = data or converted_photo_set(tmp, photos)
-        if (res or open_converted(data).default_res) <= 64:
-            refs = ()  # the libraries' own RandomResizedCrop pipelines: photos only
+        open_converted(data)
         run_loader_bench(data, backends=names, split=split, batch_size=batch_size, workers=workers, res=res,
                          epochs=epochs, warmup_epochs=warmup_epochs, device=device, out_json=out_json,
                          references=refs)
