@@ -2,7 +2,10 @@
 
 Atomic: everything is written under ``<out>.partial`` and renamed to ``<out>`` only once the manifest
 (which lists the size and checksum of every file, see ``fastkd.converted``) is complete, so an
-interrupted run never leaves a folder that looks converted. Resumable: shards are the unit of work; each finished shard leaves a ``.done.json``
+interrupted run never leaves a folder that looks converted. Deletes only what it made: ``--out`` must be
+new, empty, or (with ``--overwrite``) an earlier conversion whose manifest lists every file in it; it may
+not overlap ``--root``; ``<out>.partial`` and ``<out>.old`` are removed only when fastkd's marker
+(``fastkd.ownership``) or manifest shows it made them. Resumable: shards are the unit of work; each finished shard leaves a ``.done.json``
 record, and a rerun with the same dataset, root and options skips finished shards, so nothing is
 duplicated or missed. Deterministic: the same inputs give byte-identical files.
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional, Tuple
@@ -20,14 +22,17 @@ import numpy as np
 
 from fastkd import __version__
 from fastkd.atomic import atomic_write_json
-from fastkd.converted import MANIFEST, SAMPLES, ShardReader, shard_name, write_manifest
+from fastkd.converted import FORMAT, MANIFEST, SAMPLES, ShardReader, shard_name, write_manifest
 from fastkd.errors import UserError
+from fastkd.ownership import LOCK, MARKER, entries, foreign, is_temp, mark, marker_kind, remove_owned
 
 from . import DATASETS
 from .ffcv_writer import write_beton
 from .images import CorruptImageError, channel_stats, encode_jpeg, encode_png, resize_max_side
 from .shards import write_shard, write_table
 from .spec import DatasetSource, carve_val
+
+CONVERSION = "conversion"  # the marker kind of a conversion and of its work folder <out>.partial
 
 
 @dataclass
@@ -135,10 +140,93 @@ def _prepare_partial(partial: str, fingerprint: dict, progress: bool) -> None:
                 for name in names:
                     if name.endswith(".tmp"):
                         os.remove(os.path.join(dirpath, name))
+            if marker_kind(partial) != CONVERSION:
+                mark(partial, CONVERSION)  # the work folder of a fastkd from before the markers
             return
-        shutil.rmtree(partial)
+        remove_owned(partial, (CONVERSION,), legacy=_fastkd_partial)
     os.makedirs(partial)
+    mark(partial, CONVERSION)
     atomic_write_json(state, fingerprint)
+
+
+def _listing(names, most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _unlisted(folder: str) -> Optional[list]:
+    """The files under ``folder`` that its fastkd manifest does not list (relative paths); None when it holds
+    no fastkd manifest."""
+    try:
+        with open(os.path.join(folder, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("checksums"), dict):
+        return None
+    listed = set(manifest["checksums"]) | {MANIFEST, MARKER, LOCK}
+    extra = []
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), folder).replace(os.sep, "/")
+            if rel not in listed and not is_temp(name):
+                extra.append(rel)
+    return sorted(extra)
+
+
+def _only_conversion(folder: str, names) -> bool:
+    """``folder`` is a fastkd conversion and holds nothing its manifest does not list."""
+    return _unlisted(folder) == []
+
+
+def _fastkd_partial(folder: str, names) -> bool:
+    """A work folder of a fastkd from before the markers (its resume state), or a finished one."""
+    try:
+        with open(os.path.join(folder, "resume.json")) as f:
+            state = json.load(f)
+        if isinstance(state, dict) and {"dataset", "options", "fastkd_version"} <= set(state):
+            return True
+    except (OSError, ValueError):
+        pass
+    return _only_conversion(folder, names)
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """``--out`` is new, empty, or an earlier conversion holding only its own files (replaced with ``--overwrite``)."""
+    names = entries(out)
+    if not names:
+        return
+    extra = _unlisted(out)
+    if extra is None:
+        raise UserError(f"--out {out} holds files that are not a fastkd conversion ({_listing(names)}); fastkd "
+                        "deletes only what it made: give a new or empty folder (--overwrite replaces only an earlier "
+                        "conversion)")
+    if extra:
+        raise UserError(f"--out {out} holds a conversion and files fastkd did not write ({_listing(extra)}); move "
+                        "them out of it, or give another --out")
+    if not overwrite:
+        raise UserError(f"{out} already holds a conversion; pass --overwrite to replace it")
+
+
+def _check_apart(root: Optional[str], out: str, partial: str, old: str) -> None:
+    """``--root`` (the dataset) and ``--out`` (with its work folders) neither coincide nor nest."""
+    if root is None:
+        return
+    r = os.path.realpath(root)
+    for path in (out, partial, old):
+        p = os.path.realpath(path)
+        if p == r or p.startswith(r.rstrip(os.sep) + os.sep) or r.startswith(p.rstrip(os.sep) + os.sep):
+            raise UserError(f"--out {out} overlaps --root {root} ({path} is the same folder, inside it or around it); "
+                            "write the conversion to a folder outside the dataset, and not around it")
+
+
+def check_work_folders(partial: str, old: str) -> None:
+    """``<out>.partial`` and ``<out>.old`` are fastkd's when they exist (they are replaced or removed)."""
+    if foreign(partial, (CONVERSION,), legacy=_fastkd_partial):
+        raise UserError(f"{partial} exists and is not the work folder of a fastkd conversion ({_listing(entries(partial)) or 'a file'}); "
+                        "fastkd deletes only what it made: move it away, or give another --out")
+    if foreign(old, (), legacy=_only_conversion):
+        raise UserError(f"{old} exists and is not a conversion fastkd set aside ({_listing(entries(old)) or 'a file'}); "
+                        "fastkd deletes only what it made: move it away, or give another --out")
 
 
 def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -> dict:
@@ -146,13 +234,16 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out {out} is a file; give a folder path")
-    if os.path.exists(os.path.join(out, MANIFEST)) and not opts.overwrite:
-        raise UserError(f"{out} already holds a conversion; pass --overwrite to replace it")
+    partial, old = out + ".partial", out + ".old"
+    if os.path.exists(out):  # before looking into --out: it may be the dataset itself
+        _check_apart(root, out, partial, old)
+    _check_out(out, opts.overwrite)
     source: DatasetSource = entry.read(root, **opts.extra)
+    _check_apart(root, out, partial, old)
+    check_work_folders(partial, old)
     if opts.val_fraction > 0:
         source = carve_val(source, opts.val_fraction, opts.val_seed)
     storage = opts.storage or source.spec.storage
-    partial = out + ".partial"
     _prepare_partial(partial, {"dataset": entry.spec.name, "root": os.path.abspath(root) if root else None,
                                "options": opts.fingerprint(), "fastkd_version": __version__}, opts.progress)
     splits: Dict[str, dict] = {}
@@ -182,12 +273,17 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
             splits[split] = info
     os.remove(os.path.join(partial, "resume.json"))
     manifest = write_manifest(partial, _manifest(source, root, storage, splits, train_stats, opts))
-    old = out + ".old"
-    if os.path.exists(out):  # move the previous conversion aside first: a crash never leaves neither
-        shutil.rmtree(old, ignore_errors=True)
+    if os.path.isdir(out) and not os.listdir(out):
+        os.rmdir(out)  # an empty folder given as --out (rmdir removes nothing else)
+    if os.path.lexists(out):  # move the previous conversion aside first: a crash never leaves neither
+        _check_out(out, True)  # still only its own files
+        remove_owned(old, (), legacy=_only_conversion)
         os.replace(out, old)
     os.replace(partial, out)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        remove_owned(old, (), legacy=_only_conversion)
+    except UserError as exc:  # someone put files in it meanwhile: they stay
+        print(f"warning: kept {old}: {exc}", file=sys.stderr)
     return manifest
 
 

@@ -25,14 +25,15 @@ import io
 import os
 import re
 import tarfile
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fastkd.errors import UserError
 
-from .images import CorruptImageError, load_rgb_file, pil_to_rgb
+from .images import PIL_ERRORS, CorruptImageError, check_pixels, load_rgb_file, pil_to_rgb
 from .layout import read_lines
 from .safe_load import load_mat, mat_records
 from .spec import SourceSplit
@@ -61,10 +62,14 @@ def load_image(ref) -> np.ndarray:
     try:
         if len(data) != size:
             raise OSError(f"truncated: {len(data)} of {size} bytes")
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: check_pixels refuses those itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
+            check_pixels(im, name)
             im.load()
             return pil_to_rgb(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except PIL_ERRORS as exc:
         raise CorruptImageError(name, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import io
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fastkd.errors import UserError
+from fastkd.limits import too_many_pixels
+
+#: what PIL raises for an unreadable image (DecompressionBombError: PIL's own limit, twice its
+#: MAX_IMAGE_PIXELS, is not an OSError)
+PIL_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class CorruptImageError(UserError):
@@ -18,15 +24,27 @@ class CorruptImageError(UserError):
         self.path = path
 
 
+def check_pixels(im: Image.Image, name: str) -> None:
+    """Refuse (CorruptImageError: ``--skip-corrupt`` skips and counts it) an opened, not yet loaded image whose
+    header declares more pixels than ``fastkd.limits`` allows, before the decoder allocates anything."""
+    bomb = too_many_pixels(*im.size)
+    if bomb:
+        raise CorruptImageError(name, bomb)
+
+
 def load_rgb_file(path: str) -> np.ndarray:
     """Decode any image file PIL understands (sniffing the content, not the extension) to RGB uint8."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: check_pixels refuses those itself
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            check_pixels(im, path)
             im.load()
             return pil_to_rgb(im)
     except FileNotFoundError:
         raise UserError(f"image {path} is listed by the dataset but missing on disk; restore the file")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except PIL_ERRORS as exc:
         raise CorruptImageError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
@@ -89,6 +107,9 @@ def encode_png(image: np.ndarray) -> bytes:
 def decode_bytes(data: bytes) -> np.ndarray:
     """Decode stored JPEG/PNG bytes to RGB uint8 (used by the torch backend and tests)."""
     with Image.open(io.BytesIO(data)) as im:
+        bomb = too_many_pixels(*im.size)
+        if bomb:
+            raise UserError(f"a stored image: {bomb}; convert the dataset again")
         return pil_to_rgb(im)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 
 from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
+from fastkd.ownership import MARKER as OWNER_MARKER
+from fastkd.safe_paths import inside, plain_name, relative_path
 
 FORMAT = "fastkd-conversion"
 #: 2: the manifest records every file's size (``sizes``). A change to any file's layout bumps it.
@@ -49,13 +51,14 @@ def sha256_file(path: str, chunk: int = 1 << 22, progress=None) -> str:
 
 
 def _files(folder: str) -> List[Tuple[str, str]]:
-    """(relative POSIX path, full path) of every file under ``folder``, sorted, the manifest excluded."""
+    """(relative POSIX path, full path) of every file under ``folder``, sorted, the manifest and the
+    ownership marker excluded."""
     found = []
     for dirpath, _, names in os.walk(folder):
         for name in names:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, folder).replace(os.sep, "/")
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, OWNER_MARKER):  # the marker: fastkd made the folder (fastkd.ownership)
                 found.append((rel, full))
     return sorted(found)
 
@@ -106,14 +109,40 @@ def read_manifest(root: str) -> dict:
                             f"version {FORMAT_VERSION}); upgrade fastkd, or convert again with this one: {again}")
         raise UserError(f"{root} was converted by an older fastkd (format version {found}; this fastkd reads "
                         f"version {FORMAT_VERSION}); convert it again: {again}")
+    check_names(manifest, path)
     return manifest
+
+
+def check_names(manifest: dict, where: str) -> None:
+    """Every file name the manifest (read from ``where``) lists is a relative path inside the conversion and
+    every split name a plain name (a UserError otherwise): ``verify``, ``eval`` and the pipelines build paths
+    from them and must never stat, hash or read a file outside the folder."""
+    for key in ("checksums", "sizes"):
+        listed = manifest.get(key, {})
+        if not isinstance(listed, dict):
+            raise UserError(f"{where}: {key} is not a mapping of file names; convert the dataset again")
+        for rel in listed:
+            relative_path(rel, f"{key} entry", where)
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict):
+        raise UserError(f"{where}: splits is not a mapping of split names; convert the dataset again")
+    for split, info in splits.items():
+        plain_name(split, "split", where)
+        if not isinstance(info, dict):
+            continue
+        dali = info.get("dali") if isinstance(info.get("dali"), dict) else {}
+        for rel in list(dali.get("shards") or []) + list(dali.get("index_files") or []):
+            relative_path(rel, f"split {split} file", where)
+        for rel in (dali.get("samples"), info.get("ffcv")):
+            if rel is not None:
+                relative_path(rel, f"split {split} file", where)
 
 
 def check_sizes(root: str, manifest: dict) -> None:
     """Every file the manifest lists exists with its recorded size (one ``stat`` per file, no reading)."""
     sizes = manifest.get("sizes", {})
     for rel in manifest.get("checksums", {}):
-        path = os.path.join(root, rel)
+        path = inside(root, rel, "checksums entry", os.path.join(root, MANIFEST))
         if not os.path.isfile(path):
             raise UserError(f"{root} is incomplete: {rel} is missing; convert the dataset again")
         actual, size = os.path.getsize(path), sizes.get(rel)
@@ -133,7 +162,7 @@ def verify(root: str, progress: bool = True) -> List[str]:
     with tqdm(total=sum(sizes.values()), desc=f"verify {os.path.basename(root)}", unit="B", unit_scale=True,
               disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         for rel, expected in manifest.get("checksums", {}).items():
-            path = os.path.join(root, rel)
+            path = inside(root, rel, "checksums entry", os.path.join(root, MANIFEST))
             if not os.path.isfile(path):
                 bad.append(f"{rel}: missing")
             elif sha256_file(path, progress=bar) != expected:

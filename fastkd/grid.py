@@ -77,8 +77,11 @@ class GridSpec:
                 methods.append(canon)
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds {self.seeds} repeats a seed")
-        return replace(self, teachers=list(dict.fromkeys(teachers)), student=MODELS.canonical(self.student),
+        spec = replace(self, teachers=list(dict.fromkeys(teachers)), student=MODELS.canonical(self.student),
                        methods=methods, teacher_weights=weights)
+        for cell in plan(spec):  # every cell's option values (TrainConfig's checks), before any cell trains
+            _cell_config(spec, cell, None)
+        return spec
 
 
 class Cell(NamedTuple):

@@ -23,6 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from fastkd.atomic import atomic_write_text
 from fastkd.errors import UserError
 from fastkd.report import format_table
+from fastkd.safe_paths import plain_name
 
 
 NO_TEACHER = "no-teacher"  # the one column of baselines-only folders
@@ -96,10 +97,17 @@ def collect(root: str) -> List[Run]:
         dirs.sort()
         if "summary.json" not in files:
             continue
-        with open(os.path.join(here, "summary.json")) as f:
+        where = os.path.join(here, "summary.json")
+        with open(where) as f:
             s = json.load(f)
-        if s.get("top1") is None or not s.get("student"):
+        if not isinstance(s, dict) or s.get("top1") is None or not s.get("student"):
             continue
+        # names that become plot file names (plots/curves-<teacher>.png) and table keys: plain names only
+        plain_name(s["student"], "student", where)
+        if s.get("teacher") is not None:
+            plain_name(s["teacher"], "teacher", where)
+        if s.get("method"):
+            plain_name(s["method"], "method", where)
         runs.append(Run(here, s["student"], s.get("teacher"), s.get("method") or "ce", s.get("seed"),
                         float(s["top1"]), s.get("train_seconds"), s.get("train_images_per_s"), _curve(here),
                         os.path.relpath(here, root).split(os.sep)[0] == "teachers"))
@@ -157,7 +165,15 @@ def _spec(root: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        spec = json.load(f)
+    if not isinstance(spec, dict) or not isinstance(spec.get("teachers"), list) or not isinstance(spec.get("methods"), list):
+        raise UserError(f"{path} is not a grid spec (teachers and methods lists); fix or remove that file")
+    plain_name(spec.get("student"), "student", path)
+    for t in spec["teachers"]:
+        plain_name(t, "teacher", path)
+    for m in spec["methods"]:
+        plain_name(m, "method", path)
+    return spec
 
 
 def markdown(table: Table) -> str:

@@ -11,6 +11,8 @@ from typing import List
 
 import matplotlib
 
+from fastkd.safe_paths import plain_name
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -57,6 +59,7 @@ def plot_curves(table, folder: str, suffix: str = "") -> List[str]:
         rows = [r for r in table.rows if table.cells.get((r, col))]
         if not rows:
             continue
+        name = plain_name(f"curves{suffix}-{col}.png", "plot file", f"the runs under {folder}")
         n = len(rows)
         ncol = min(4, n)
         nrow = (n + ncol - 1) // ncol
@@ -76,5 +79,5 @@ def plot_curves(table, folder: str, suffix: str = "") -> List[str]:
         if most.get_legend_handles_labels()[0]:
             most.legend(fontsize=7)
         fig.suptitle(f"{table.student} with teacher {col}: training curves per cell", fontsize=10, y=1.02)
-        written.append(_save(fig, os.path.join(folder, f"curves{suffix}-{col}.png")))
+        written.append(_save(fig, os.path.join(folder, name)))
     return written

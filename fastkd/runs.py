@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 from fastkd.atomic import atomic_write_json, atomic_write_text
 from fastkd.errors import UserError
+from fastkd.ownership import only_run_files, prepare_owned, run_lock
 from fastkd.train import distributed
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import CHECKPOINT, train
+
+CELL = "cell"  # the marker kind of a cell folder of compare, ablate or grid
 
 
 def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
@@ -27,11 +29,13 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
         print(f"[{tag}] {label} (resumed)", file=sys.stderr, flush=True)
         return train(cfg, resume=True)
     distributed.init(cfg.device)  # under torchrun: the process group, for the barrier
-    if distributed.is_main_process():  # rank 0 owns the run folders
-        shutil.rmtree(cfg.out, ignore_errors=True)
-        print(f"[{tag}] {label}", file=sys.stderr, flush=True)
-    distributed.barrier()  # no rank opens the cell before rank 0 has cleared it
-    return train(cfg)
+    with run_lock(cfg.out):  # rank 0: no other process trains (or clears) this cell meanwhile
+        if distributed.is_main_process():  # rank 0 owns the run folders
+            # empties only a cell folder this command made (marker), or one holding only run files
+            prepare_owned(cfg.out, CELL, legacy=lambda folder, names: only_run_files(names))
+            print(f"[{tag}] {label}", file=sys.stderr, flush=True)
+        distributed.barrier()  # no rank opens the cell before rank 0 has cleared it
+        return train(cfg)
 
 
 def _check_same_options(cfg: TrainConfig, label: str) -> None:

@@ -67,6 +67,12 @@ class Backend:
                 raise UserError(f"the {name} backend needs {cls.package}; "
                                 f"install it with pip install 'fastkd[{cls.extra}]'")
 
+    @property
+    def decode_path(self) -> str:
+        """A short string naming how this backend makes a view's pixels (decoder, where it runs, how views are
+        cut): part of a teacher cache's key, since another path may give other pixels."""
+        return type(self).__name__
+
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         raise NotImplementedError
 

@@ -95,6 +95,13 @@ class DALIBackend(Backend):
         self.pipe.build()
         self.state = "new"  # new | running (an epoch was abandoned part-way) | done
 
+    @property
+    def decode_path(self) -> str:
+        import nvidia.dali
+
+        where = "mixed (nvJPEG)" if self.cfg.device.type == "cuda" else "cpu"
+        return f"DALI {nvidia.dali.__version__} image_slice on {where}"
+
     def _drain(self) -> None:
         while True:
             try:

@@ -47,7 +47,10 @@ class ConvertedData:
         return self.manifest["splits"][name]
 
     def path(self, rel: str) -> str:
-        return os.path.join(self.root, rel)
+        from fastkd.converted import MANIFEST
+        from fastkd.safe_paths import inside
+
+        return inside(self.root, rel, "file", os.path.join(self.root, MANIFEST))
 
     def formats(self) -> List[str]:
         return list(self.manifest["options"]["formats"])

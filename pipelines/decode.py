@@ -21,12 +21,14 @@ from __future__ import annotations
 import io
 import math
 import os
+import warnings
 from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 from fastkd.errors import UserError
+from fastkd.limits import too_many_pixels
 
 from . import jpeg_window
 
@@ -38,10 +40,19 @@ class DecodeError(Exception):
 
 
 def _open(data: bytes) -> Image.Image:
+    """PIL's lazy open (only the header is read), refused when the header declares more pixels than
+    ``fastkd.limits`` allows: nothing has been decoded or allocated yet."""
     try:
-        return Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # PIL's DecompressionBombWarning: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
     except DECODE_ERRORS as exc:
         raise DecodeError(_reason(exc)) from None
+    bomb = too_many_pixels(*im.size)
+    if bomb:
+        im.close()
+        raise DecodeError(bomb)
+    return im
 
 
 def _reason(exc: BaseException) -> str:
@@ -121,6 +132,9 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     size = jpeg_size(data) if jpeg_window.AVAILABLE and jpeg_window.is_jpeg(data) else None
     if not size or min(size) <= 0:
         return None
+    bomb = too_many_pixels(*size)
+    if bomb:  # PIL would refuse it too: say so now
+        raise DecodeError(bomb)
     x0, y0, bw, bh = box
     s = int(dct_scale(box, out))
     sw, sh = -(-size[0] // s), -(-size[1] // s)  # libjpeg's scaled size: ceil(stored / s)
@@ -134,6 +148,8 @@ def _cut_window(data: bytes, box, flip: bool, out: int) -> Optional[np.ndarray]:
     ix1, iy1 = min(sw, math.ceil(fx1) + m), min(sh, math.ceil(fy1) + m)
     try:
         pixels, cx = jpeg_window.decode_window(data, s, ix0, iy0, ix1, iy1, sw)
+    except jpeg_window.TooManyPixels as exc:  # the header the decoder read is not the one jpeg_size found
+        raise DecodeError(str(exc)) from None
     except jpeg_window.WindowError:
         return None
     im = Image.fromarray(pixels).resize((out, out), Image.BILINEAR, box=(fx0 - cx, fy0 - iy0, fx1 - cx, fy1 - iy0))
@@ -156,6 +172,8 @@ def _cut_whole_pixels(data: bytes, x0: int, y0: int, bw: int, bh: int, flip: boo
     tensors, vectorised: 3-5x faster than PIL's; the two agree within one grey level) of the crop."""
     try:
         pixels, cx = jpeg_window.decode_window(data, 1, x0, y0, x0 + bw, y0 + bh, width)
+    except jpeg_window.TooManyPixels as exc:
+        raise DecodeError(str(exc)) from None
     except jpeg_window.WindowError:
         return None
     return _resize_crop(pixels[:, x0 - cx : x0 - cx + bw], flip, out)

@@ -77,6 +77,17 @@ class FFCVBackend(Backend):
             },
         )
 
+    @property
+    def decode_path(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ffcv = version("ffcv")
+        except PackageNotFoundError:
+            ffcv = "?"
+        rrc = self.cfg.policy is not None and self.cfg.policy.kind == "rrc"
+        return f"FFCV {ffcv} {'fastkd view decoder' if rrc else 'CenterCropRGBImageDecoder'} on cpu"
+
     def _windows(self, batch_indices) -> np.ndarray:
         """Called from the compiled decoder once per batch: the decode windows of the epoch's views."""
         idx = np.asarray(batch_indices, dtype=np.int64)

@@ -14,7 +14,10 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from fastkd.limits import ENV, max_image_pixels
+
 MSG_BYTES = 256  # >= libjpeg's JMSG_LENGTH_MAX
+VERSION = 2  # roijpeg.c's fk_roijpeg_version(): the interface this module calls
 
 
 def _load() -> Optional[ctypes.CDLL]:
@@ -28,15 +31,22 @@ def _load() -> Optional[ctypes.CDLL]:
         lib = ctypes.CDLL(spec.origin)
     except OSError:
         return None
+    try:
+        version = lib.fk_roijpeg_version
+    except AttributeError:  # built from an older roijpeg.c (other arguments): rebuild with pip install -e .
+        return None
+    version.restype = ctypes.c_int
+    if version() != VERSION:
+        return None
     sub = lib.fk_jpeg_subimage
     sub.restype = ctypes.c_long
     sub.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                    ctypes.c_void_p, ctypes.c_ulong] + [ctypes.POINTER(ctypes.c_int)] * 4
+                    ctypes.c_void_p, ctypes.c_ulong] + [ctypes.POINTER(ctypes.c_int)] * 4 + [ctypes.c_ulonglong]
     fn = lib.fk_jpeg_decode_window
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_int, ctypes.c_void_p, ctypes.c_ulong, ctypes.POINTER(ctypes.c_int),
-                   ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_int]
+                   ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_int, ctypes.c_ulonglong]
     return lib
 
 
@@ -47,6 +57,11 @@ AVAILABLE = _LIB is not None
 class WindowError(Exception):
     """The window could not be decoded this way (an error, a warning on corrupt data, an unsupported colour
     space such as CMYK): the caller decodes the image another way."""
+
+
+class TooManyPixels(WindowError):
+    """The JPEG declares more pixels than :func:`fastkd.limits.max_image_pixels` (a decompression bomb):
+    refused before anything was allocated; the caller must not decode it another way either."""
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -62,12 +77,14 @@ def subimage(data, x0: int, y0: int, x1: int, y1: int) -> Optional[Tuple[np.ndar
     """``(jpeg, x, y, width, height)``: a JPEG (uint8 array) of only the restart segments of ``data`` that cover
     stored pixels ``[x0, x1) x [y0, y1)`` plus one MCU around them, cut without decoding (``fk_jpeg_subimage``),
     and its place in the image; inside the window its pixels are the whole image's. None when ``data`` has
-    no restart interval that divides its MCU rows (or is progressive): decode it whole-image-wise instead."""
+    no restart interval that divides its MCU rows (or is progressive), or declares more pixels than
+    ``fastkd.limits`` allows (the whole decode refuses it): decode it whole-image-wise instead."""
     src = _bytes(data)
     out = np.empty(len(src) + 16, dtype=np.uint8)
     ox, oy, ow, oh = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
     n = _LIB.fk_jpeg_subimage(src.ctypes.data, len(src), x0, y0, x1, y1, out.ctypes.data, len(out),
-                              ctypes.byref(ox), ctypes.byref(oy), ctypes.byref(ow), ctypes.byref(oh))
+                              ctypes.byref(ox), ctypes.byref(oy), ctypes.byref(ow), ctypes.byref(oh),
+                              max_image_pixels())
     if n <= 0:
         return None
     return out[:n], ox.value, oy.value, ow.value, oh.value
@@ -103,13 +120,18 @@ def _decode(data, scale: int, x0: int, y0: int, x1: int, y1: int, scaled_width: 
     and those edge columns are dropped: every pixel returned is the whole decode's."""
     left, right = x0 > 0, x1 < scaled_width
     x0, x1 = x0 - left, x1 + right
+    if (y1 - y0) * scaled_width > max_image_pixels():  # the buffer alone would be a bomb's
+        raise TooManyPixels(f"a window of {scaled_width}x{y1 - y0} pixels, over the limit of {max_image_pixels()}; "
+                            f"{ENV} raises the limit")
     cap = (y1 - y0) * scaled_width * 3
     out = np.empty(cap, dtype=np.uint8)
     cx, cw = ctypes.c_int(), ctypes.c_int()
     msg = ctypes.create_string_buffer(MSG_BYTES)
     src = _bytes(data)
     rc = _LIB.fk_jpeg_decode_window(src.ctypes.data, len(src), scale, x0, y0, x1, y1, out.ctypes.data, cap,
-                                    ctypes.byref(cx), ctypes.byref(cw), msg, MSG_BYTES)
+                                    ctypes.byref(cx), ctypes.byref(cw), msg, MSG_BYTES, max_image_pixels())
+    if rc == -4:
+        raise TooManyPixels(f"{msg.value.decode('utf-8', 'replace')}; {ENV} raises the limit")
     if rc != 0:
         raise WindowError(msg.value.decode("utf-8", "replace") or f"libjpeg failed ({rc})")
     pixels = out[: (y1 - y0) * cw.value * 3].reshape(y1 - y0, cw.value, 3)

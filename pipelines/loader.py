@@ -46,6 +46,20 @@ class Batch:
     targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
 
 
+def _check_stored_sizes(table, root: str, split: str) -> None:
+    """Every backend sizes its decode buffers from the sample table (FFCV, DALI) or the JPEG headers: a table
+    recording an image over ``fastkd.limits``' pixel limit is refused before anything is allocated."""
+    from fastkd.limits import max_image_pixels, too_many_pixels
+
+    if not len(table):
+        return
+    pixels = table["width"].astype(np.int64) * table["height"].astype(np.int64)
+    k = int(np.argmax(pixels))
+    if pixels[k] > max_image_pixels():
+        raise UserError(f"sample {k} of split {split!r} of {root}: "
+                        f"{too_many_pixels(int(table['width'][k]), int(table['height'][k]))}; convert the dataset again")
+
+
 class Loader:
     """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``; the backend is built once and reused.
 
@@ -68,6 +82,7 @@ class Loader:
         self.res = int(res or self.data.default_res)
         self.policy = ViewPolicy.for_resolution(self.res, train and views)  # views=False: centre views
         self._table = np.load(self.data.path(self.data.split(split)["dali"]["samples"]))  # stored (w, h) per sample
+        _check_stored_sizes(self._table, self.data.root, split)
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.batch_size = batch_size

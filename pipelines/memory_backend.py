@@ -23,6 +23,7 @@ with a K/M/G/T suffix, e.g. ``16G``) or ``MemoryBackend.limit_bytes`` sets anoth
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -59,7 +60,7 @@ def parse_bytes(text: str) -> int:
         value = float(s[:-1] if scale > 1 else s)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not (math.isfinite(value) and value * scale >= 1):  # inf, nan, negative, zero, garbage
         raise UserError(f"{ENV_LIMIT}={text!r} is not a size; give bytes or e.g. 512M, 16G")
     return int(value * scale)
 
@@ -171,6 +172,22 @@ class MemoryBackend(Backend):
         size = "at their stored size" if self.held.short is None else f"with the shorter side <= {cfg.policy.base}"
         print(f"memory backend: {n} {cfg.split} photos decoded whole {size} into {format_bytes(self.nbytes)} on "
               f"{cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+
+    @property
+    def hold(self) -> str:
+        """The tier the split is held in: ``base squares`` (pad-and-crop, one tier), photos ``whole`` at their
+        stored size, or ``capped`` with the shorter side at most the policy's base (when whole exceeds the
+        memory limit): capped photos give other pixels."""
+        if self.held is None:
+            return "base squares"
+        return "whole" if self.held.short is None else f"capped (shorter side <= {self.held.short} px)"
+
+    @property
+    def decode_path(self) -> str:
+        if self.held is None:
+            return "PIL base squares on cpu"
+        cut = "uint8 resize on cpu" if self.cfg.device.type == "cpu" else f"roi_align on {self.cfg.device.type}"
+        return f"PIL-decoded held photos + {cut}"
 
     def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S): the images ``index`` (on the device) cropped at integer ``offset`` (B, 2)

@@ -43,12 +43,19 @@ static void fk_setup(struct jpeg_decompress_struct *cinfo, struct fk_error *err,
     msg[0] = 0;
 }
 
+/* The interface's version (the functions' arguments): pipelines/jpeg_window.py refuses a library built from
+   an older roijpeg.c. 2: the pixel limit (max_pixels) of fk_jpeg_decode_window and fk_jpeg_subimage. */
+int fk_roijpeg_version(void) { return 2; }
+
 /* Decode rows [y0, y1) and at least columns [x0, x1) of the image scaled by 1/denom (1, 2, 4 or 8) as RGB
    into out (cap bytes; rows of *cw pixels, *cx the first column decoded: x0 moved left to an iMCU boundary).
    msg needs JMSG_LENGTH_MAX (200) bytes. Returns 0; -1 on an error, -2 on a warning (corrupt data), -3 for
-   a window outside the scaled image or a buffer too small; msg says why. */
+   a window outside the scaled image or a buffer too small, -4 for an image whose declared width x height
+   exceeds max_pixels (a decompression bomb: refused after reading the header, before libjpeg allocates
+   anything that grows with the image, e.g. a progressive JPEG's whole coefficient buffer); msg says why. */
 int fk_jpeg_decode_window(const unsigned char *data, unsigned long size, int denom, int x0, int y0, int x1,
-                          int y1, unsigned char *out, unsigned long cap, int *cx, int *cw, char *msg, int msglen) {
+                          int y1, unsigned char *out, unsigned long cap, int *cx, int *cw, char *msg, int msglen,
+                          unsigned long long max_pixels) {
     struct jpeg_decompress_struct cinfo;
     struct fk_error err;
     JDIMENSION xoff, width;
@@ -62,6 +69,13 @@ int fk_jpeg_decode_window(const unsigned char *data, unsigned long size, int den
     jpeg_create_decompress(&cinfo);
     jpeg_mem_src(&cinfo, data, size);
     jpeg_read_header(&cinfo, TRUE);
+    if ((unsigned long long)cinfo.image_width * cinfo.image_height > max_pixels) {
+        snprintf(msg, msglen, "image declares %ux%u = %llu pixels, over the limit of %llu (a decompression bomb?)",
+                 cinfo.image_width, cinfo.image_height,
+                 (unsigned long long)cinfo.image_width * cinfo.image_height, max_pixels);
+        jpeg_destroy_decompress(&cinfo);
+        return -4;
+    }
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned int)denom;
     cinfo.out_color_space = JCS_RGB;
@@ -105,11 +119,13 @@ int fk_jpeg_decode_window(const unsigned char *data, unsigned long size, int den
    window are the whole image's (the margin covers the chroma upsampling's reach). The window [x0, x1) x
    [y0, y1) and the sub-JPEG's origin (*ox, *oy) and size (*ow, *oh) are in stored pixels. Returns the sub-JPEG's length; 0 when the JPEG is not of that kind
    (progressive, no restart interval, several scans, an interval that does not divide the MCU rows, markers
-   not where the frame says), the caller then decodes it another way; -1 when out (cap bytes) is too small. */
+   not where the frame says, a frame of more than max_pixels or with more segments than the data can hold),
+   the caller then decodes it another way; -1 when out (cap bytes) is too small. Every byte read lies in
+   d[0, n). */
 static unsigned be16(const unsigned char *p) { return ((unsigned)p[0] << 8) | p[1]; }
 
 long fk_jpeg_subimage(const unsigned char *d, unsigned long n, int x0, int y0, int x1, int y1, unsigned char *out,
-                      unsigned long cap, int *ox, int *oy, int *ow, int *oh) {
+                      unsigned long cap, int *ox, int *oy, int *ow, int *oh, unsigned long long max_pixels) {
     unsigned long pos = 2, sof = 0, body = 0, p, w = 0, h = 0, *start = NULL, *end = NULL, total, nseg = 0, at;
     unsigned long mcus_x, mcus_y, per_row, r, c, r0, r1, c0, c1, count = 0;
     unsigned dri = 0, comps = 0, hmax = 1, vmax = 1, mcu_w, mcu_h, i;
@@ -147,13 +163,17 @@ long fk_jpeg_subimage(const unsigned char *d, unsigned long n, int x0, int y0, i
         } else if (m == 0xDD && len >= 4) {
             dri = be16(d + pos + 4);
         } else if (m == 0xDA) {
-            if (!sof || d[pos + 4] != comps) /* one interleaved scan of every component */
+            /* len >= 3: the component count d[pos + 4] lies inside the segment (a segment of length 2
+               ending the buffer would put it at d[n]) */
+            if (!sof || len < 3 || d[pos + 4] != comps) /* one interleaved scan of every component */
                 return 0;
             body = pos + 2 + len;
         }
         pos += 2 + len;
     }
     if (!dri || !w || !h)
+        return 0;
+    if ((unsigned long long)w * h > max_pixels) /* a bomb: the whole decode refuses it (and says so) */
         return 0;
     mcu_w = comps == 1 ? 8 : 8 * hmax; /* a single-component scan's MCU is one block */
     mcu_h = comps == 1 ? 8 : 8 * vmax;
@@ -163,6 +183,9 @@ long fk_jpeg_subimage(const unsigned char *d, unsigned long n, int x0, int y0, i
         return 0;
     per_row = mcus_x / dri;
     total = per_row * mcus_y;
+    if (total > (n - body) / 2 + 1) /* every segment but the last ends with a 2-byte RSTn marker: a frame
+                                       declaring more than the data can hold is refused before allocating */
+        return 0;
     if (x1 > (int)w) x1 = (int)w;
     if (y1 > (int)h) y1 = (int)h;
     if (x0 < 0 || y0 < 0 || x0 >= x1 || y0 >= y1)

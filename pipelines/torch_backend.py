@@ -116,6 +116,17 @@ class TorchBackend(Backend):
             generator=torch.Generator(),  # worker seeds not drawn from the global RNG: a resume replays it exactly
         )
 
+    @property
+    def decode_path(self) -> str:
+        from . import jpeg_window
+
+        if self.device_decode:
+            return f"torchvision decode_jpeg on {self.cfg.device.type} (nvJPEG on cuda) + roi_align"
+        if self.cfg.policy is not None and self.cfg.policy.kind == "rrc":
+            native = jpeg_window.AVAILABLE and self.cfg.data.storage == "jpg"
+            return f"{'libjpeg window decoder' if native else 'PIL'} views on cpu"
+        return "PIL base squares on cpu"
+
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
         self.sampler.epoch = epoch
         dev = self.cfg.device
@@ -133,6 +144,15 @@ class TorchBackend(Backend):
         """uint8 (3, H, W) images of a batch, decoded on the device (one batched decode_jpeg call)."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        from fastkd.limits import too_many_pixels
+
+        from .decode import jpeg_size
+
+        for d, i in zip(data, index.tolist()):  # nvJPEG allocates what the header declares: no bombs
+            size = jpeg_size(d.numpy().tobytes())
+            bomb = too_many_pixels(*size) if size else None
+            if bomb:
+                raise failure(self.reader, self.cfg.split, i, bomb)
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.cfg.device)
         except RuntimeError as exc:  # name the first sample that does not decode

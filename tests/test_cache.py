@@ -127,11 +127,12 @@ def test_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_mod.shutil, "disk_usage", tiny)
     lines = []
-    with pytest.raises(UserError, match="needs 300 B but .* has 100 B free"):
+    with pytest.raises(UserError, match="needs 620 B but .* has 100 B free"):
         TeacherCache.open(str(tmp_path / "c"), KEY, STORAGE, SIGNALS, 2, fill=True, log=lines.append)
     assert not (tmp_path / "c").exists()
-    assert lines == [f"teacher cache {tmp_path / 'c'}: 15 B per view (logits float16 [5]) x 10 samples x 2 epochs "
-                     "= 300 B (100 B free)"]
+    # 31 B: 10 B of float16 values, the CRC (4), the view fingerprint (16) and the written byte (1)
+    assert lines == [f"teacher cache {tmp_path / 'c'}: 31 B per view (logits float16 [5]) x 10 samples x 2 epochs "
+                     "= 620 B (100 B free)"]
 
 
 def test_two_fillers_interrupted_fill_resumes(tmp_path):

@@ -51,7 +51,7 @@ def test_user_errors_are_one_line_with_exit_2(orl_data, tmp_path):
     assert_user_error(run("convert", "--dataset", "imagenet9", "--out", str(tmp_path / "o")), "unknown dataset")
     assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path / "missing"),
                           "--out", str(tmp_path / "o")), "does not exist")
-    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path), "--out", str(tmp_path / "o")),
+    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path), "--out", str(tmp_path) + "-o"),
                       "expected", "s1", "1.pgm")
     assert_user_error(run("train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "resnet32"),
                       "not a fastkd conversion")
@@ -81,8 +81,10 @@ def test_convert_train_eval_round_trip(tmp_path):
     result = run("eval", "--data", data, "--checkpoint", os.path.join(out, "checkpoint.pt"), "--workers", "0")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["top1"] == pytest.approx(summary["top1"])
-    assert_user_error(run("train", "--data", data, "--out", out, "--model", "shufflenet_v2_x0_5", "--backend", "ffcv"),
-                      "without ffcv")
+    # a new --out: the finished run in `out` would be refused first (it needs --resume)
+    assert_user_error(run("train", "--data", data, "--out", out + "2", "--model", "shufflenet_v2_x0_5", "--backend",
+                          "ffcv"), "without ffcv")
+    assert not os.path.exists(out + "2")
 
 
 def test_memory_limit_option(orl_data, tmp_path):

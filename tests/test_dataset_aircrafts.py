@@ -52,7 +52,7 @@ def aircraft(tmp_path):
 
 def test_aircraft_converts(aircraft, tmp_path):
     data, pics = aircraft
-    out = str(tmp_path / "out")
+    out = str(tmp_path) + "-out"  # beside the dataset, not inside --root
     manifest = convert("aircrafts", str(tmp_path), out, ConvertOptions(progress=False, per_shard=3))  # the parent
     assert manifest["classes"] == ORDER and manifest["extra"]["level"] == "variant"
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 8, "val": 4, "trainval": 12, "test": 4}

@@ -65,7 +65,7 @@ def devkit(tmp_path):
 
 def test_devkit_release_converts(devkit, tmp_path):
     root, pics = devkit
-    out = str(tmp_path / "out")
+    out = str(tmp_path) + "-out"  # beside the dataset, not inside --root
     manifest = convert("cars", str(tmp_path), out, ConvertOptions(progress=False, per_shard=4))  # parent root
     assert manifest["classes"] == NAMES and manifest["num_classes"] == 4
     assert {s: manifest["splits"][s]["count"] for s in ("train", "test")} == {"train": 10, "test": 5}

@@ -94,7 +94,7 @@ def test_missing_file_is_named(fake_cifar, tmp_path):
     for name in ("train", "meta"):
         (base / name).write_bytes((fake_cifar[0] / "cifar-100-python" / name).read_bytes())
     with pytest.raises(UserError, match=str(base / "test")):
-        convert("cifar100", str(tmp_path), str(tmp_path / "out"), ConvertOptions(progress=False))
+        convert("cifar100", str(tmp_path), str(tmp_path) + "-out", ConvertOptions(progress=False))
     (base / "meta").unlink()
     with pytest.raises(UserError, match="meta"):
         DATASETS.get("cifar100").read(str(tmp_path))

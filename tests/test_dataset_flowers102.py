@@ -41,7 +41,7 @@ def flowers(tmp_path):
 
 def test_flowers_converts(flowers, tmp_path):
     root, pics = flowers
-    out = str(tmp_path / "out")
+    out = str(tmp_path) + "-out"  # beside the dataset, not inside --root
     manifest = convert("flowers102", str(tmp_path), out, ConvertOptions(progress=False, per_shard=3))  # parent root
     assert manifest["num_classes"] == 102
     assert manifest["classes"][:2] == ["class_001", "class_002"] and manifest["classes"][-1] == "class_102"

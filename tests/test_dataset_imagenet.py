@@ -187,7 +187,7 @@ def test_train_tar_read_in_place_and_val_folders(folders, tmp_path):
     assert val.names[0] == f"val/n01440764/{_val_name(1)}"
     np.testing.assert_array_equal(val.labels, expect["val_labels"])
     np.testing.assert_array_equal(sorted(val.labels), sorted(VAL_LABELS))
-    out = str(tmp_path / "out")  # the refs travel to worker processes
+    out = str(tmp_path) + "-out"  # beside --root; the refs travel to worker processes
     convert("imagenet", str(tmp_path), out, ConvertOptions(progress=False, formats=("dali",)))
     np.testing.assert_array_equal(decoded_split(out, "train")["labels"], TRAIN_LABELS)
 

@@ -130,7 +130,7 @@ def test_missing_batch_is_named(tmp_path):
     _write(tmp_path, _batches(), npz=False, folders=False)
     (tmp_path / "train_data_batch_7").unlink()
     with pytest.raises(UserError, match=str(tmp_path / "train_data_batch_7")):
-        convert("imagenet32", str(tmp_path), str(tmp_path / "out"), ConvertOptions(progress=False))
+        convert("imagenet32", str(tmp_path), str(tmp_path) + "-out", ConvertOptions(progress=False))
 
 
 class Evil:
@@ -156,7 +156,7 @@ def test_pickle_with_foreign_class_is_refused(tmp_path, payload):
            "reduce_to_os_call": lambda: {"data": data, "labels": ids, "mean": Evil()}}[payload]()
     _dump(tmp_path / "val_data", obj)
     with pytest.raises(UserError, match=r"val_data.*refusing"):
-        convert("imagenet32", str(tmp_path), str(tmp_path / "out"), ConvertOptions(progress=False))
+        convert("imagenet32", str(tmp_path), str(tmp_path) + "-out", ConvertOptions(progress=False))
     assert not os.path.exists(EVIL_MARKER[0])  # never executed
     assert not (tmp_path / "out").exists()
 

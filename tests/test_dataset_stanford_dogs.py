@@ -56,7 +56,7 @@ def dogs(tmp_path):
 
 def test_dogs_convert(dogs, tmp_path):
     root, pics, lists = dogs
-    out = str(tmp_path / "out")
+    out = str(tmp_path) + "-out"  # beside the dataset, not inside --root
     manifest = convert("stanford_dogs", str(tmp_path), out, ConvertOptions(progress=False, per_shard=4))  # parent
     assert manifest["classes"] == ["Chihuahua", "Japanese_spaniel", "Shih-Tzu"]
     assert manifest["extra"]["wnids"] == ["n02085620", "n02085782", "n02086240"]

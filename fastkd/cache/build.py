@@ -4,6 +4,11 @@ The teacher runs in eval mode without gradients over every view of every epoch, 
 cache is addressed by (epoch, dataset index), so the batch size need not be the training run's; outputs
 agree with a fused-loop fill to float rounding, and bit for bit at the same batch size). The loader is the
 training loader of the same options, so the views are the ones the student run will see.
+
+Under torchrun the ranks share the fill: the epoch order is dealt to them in blocks of the batch size, as a
+training run deals it, so each rank runs the teacher on disjoint rows and writes them into the shared maps
+(views and augmentations are functions of (seed, epoch, index, position), so the rows are the ones one
+process would write). Rank 0 reports once every rank is done.
 """
 from __future__ import annotations
 
@@ -16,9 +21,10 @@ from fastkd.models import model_taps
 from fastkd.pipelines import Loader, open_converted
 
 
-def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
+def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> "dict | None":
     """Fill ``cfg.teacher_cache`` for the run ``cfg`` (a ``TrainConfig``; its student is ignored) and return
-    what :func:`fastkd.cache.info.cache_info` says about it."""
+    what :func:`fastkd.cache.info.cache_info` says about it (on rank 0; None on the other ranks of a torchrun
+    job, each of which filled its share of every epoch)."""
     from tqdm import tqdm
 
     from fastkd.train import distributed, tricks
@@ -27,13 +33,13 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
 
     from .info import cache_info
 
-    dist = distributed.Dist()
+    dist = distributed.init(cfg.device)
     device = distributed.resolve_device(cfg.device, dist)
     data = open_converted(cfg.data)
     augment = cfg.augment_config()
     loader = Loader(data, cfg.train_split, backend=cfg.backend, batch_size=batch_size, train=True, res=cfg.res,
                     seed=cfg.seed, workers=cfg.workers, device=device, drop_last=False, augment=augment,
-                    views=cfg.views, channels_last=cfg.channels_last)
+                    views=cfg.views, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world)
     teacher = teacher_network(cfg, data.num_classes, loader.low_res, device)
     methods = parse_methods(cfg.method, cfg.method_options)
     taps = model_taps(teacher)
@@ -44,13 +50,16 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> dict:
     try:
         if source.mode != "cached":
             bar = tqdm(total=len(loader) * cfg.epochs, desc="teacher cache", unit="batch", file=sys.stderr,
-                       disable=not progress, dynamic_ncols=True)
+                       disable=not (progress and dist.main), dynamic_ncols=True)
             for epoch in range(cfg.epochs):
                 for batch in loader.epoch(epoch):
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                         source(batch.images, batch)
                     bar.update(1)
             bar.close()
+            if source.cache is not None:
+                source.cache.flush()
+        distributed.barrier()  # every rank's rows are on disk before rank 0 reports (and lets go of the fill lock)
     finally:
         source.close()
-    return cache_info(cfg.teacher_cache)
+    return cache_info(cfg.teacher_cache) if dist.main else None

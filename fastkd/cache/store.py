@@ -1,13 +1,19 @@
 """The cache on disk: ``cache.json`` (key, storage, signals) and, per epoch and signal, memory-mapped ``.npy``
-arrays indexed by dataset index: the values, a CRC-32 of each row and a written-bitmap.
+arrays indexed by dataset index: the values, a CRC-32 of each row, the fingerprint of the view the row was
+computed on (:func:`view_fingerprint`) and a written-bitmap.
 
-- A row is written as values, then its CRC, then its bitmap byte; a reader serves a row only when its
-  bitmap byte is set and its CRC matches, so a torn or corrupted row is an error, never wrong teacher
-  output. Every file's size is checked against its shape when it is opened (a truncated file is refused).
+- A row is written as values, then its CRC and fingerprint, then its bitmap byte; a reader serves a row only
+  when its bitmap byte is set and its CRC matches. A row failing its CRC is recomputed by the teacher and
+  rewritten in a run that can fill (``DamagedRows``), and stops a read-only run; never wrong teacher output.
+  Every file's size is checked against its shape when it is opened (a truncated file is refused).
+- Every read compares the stored fingerprints with those of the batch's views: a cached output is never
+  served for other pixels, whatever the key missed (a one-line error naming the epoch and index).
 - Files are created under a temporary name, space-reserved (``posix_fallocate``: a full disk fails at
-  creation, not later inside a memory map) and renamed; ``cache.json`` is replaced atomically.
+  creation, not later inside a memory map) and renamed; ``cache.json`` is replaced atomically. The
+  temporary files a killed fill left are removed by the next filling run (under the lock).
 - One filling run at a time: its main process holds ``fill.lock`` (``flock``); its ranks write disjoint
-  rows of the shared maps. Readers take no lock.
+  rows of the shared maps. Readers take no lock. The key is compared again once the lock is held.
+- A float16 cache refuses a teacher signal beyond float16's range (it would be stored as inf).
 - Storage of each signal: ``float16`` (default) or ``float32``; logits optionally top-k (FKD): the k largest
   logits, their class indices and the log-sum-exp of the rest, which is spread evenly over the other
   classes on reading (so the softmax at T = 1 keeps its top-k probabilities and its tail mass).
@@ -18,6 +24,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import zlib
 from typing import Callable, Dict, List, Optional, Tuple
@@ -25,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from fastkd.atomic import atomic_write_json
+from fastkd.atomic import atomic_write_json, remove_stale_temps
 from fastkd.errors import UserError
 
 from .key import key_differences
@@ -33,6 +40,42 @@ from .key import key_differences
 FORMAT = "fastkd-teacher-cache"
 META, LOCK = "cache.json", "fill.lock"
 Part = Tuple[str, str, Tuple[int, ...]]  # file suffix, numpy dtype, per-row shape
+TEMP = re.compile(r".+\.npy\.tmp-\d+")  # the temporary names of :meth:`TeacherCache._create`
+FP_WORDS = 2  # int64 words of a view fingerprint
+FLOAT16_MAX = 65504.0
+_FP_WEIGHTS: Dict[tuple, torch.Tensor] = {}
+
+
+def view_fingerprint(images: torch.Tensor) -> torch.Tensor:
+    """int64 (N, 2) on ``images``' device: a fingerprint of each float32 (N, C, H, W) view, exactly as the
+    teacher sees it (normalised and augmented). Each word is an integer weighted sum of the pixels' float32
+    bit patterns (as int32) with fixed pseudo-random 13-bit weights per (c, y, x): exact (no overflow) up to
+    2**19 values a view (3 x 418 x 418), beyond that modulo 2**64, which is still order-independent, so it
+    depends on the pixels alone, not on the batch, its size or the memory format (identical in a 256-view
+    ``cache build`` batch and a training batch). Any change of one value changes both words."""
+    x = images.detach()
+    if x.dtype != torch.float32:
+        x = x.float()
+    shape, dev = tuple(x.shape[1:]), x.device
+    w = _FP_WEIGHTS.get((shape, str(dev)))
+    if w is None:
+        from fastkd.hashing import mix64
+
+        pos = np.arange(FP_WORDS * math.prod(shape), dtype=np.uint64)
+        weights = (mix64(pos + np.uint64(0x5EED)) >> np.uint64(51)) | np.uint64(1)  # odd, < 2**13
+        w = torch.from_numpy(weights.astype(np.int64)).view(FP_WORDS, *shape).to(dev)
+        _FP_WEIGHTS[(shape, str(dev))] = w
+    bits = x.view(torch.int32).long()
+    return torch.stack([(bits * w[k]).sum((1, 2, 3)) for k in range(FP_WORDS)], 1)
+
+
+class DamagedRows(UserError):
+    """Rows failing their CRC-32 (``positions`` into the batch's indices): a run that can fill recomputes and
+    rewrites them; a read-only run stops with this one-line error."""
+
+    def __init__(self, message: str, positions: np.ndarray, what: str):
+        super().__init__(message)
+        self.positions, self.what = positions, what
 
 
 def parts(spec: dict) -> List[Part]:
@@ -44,8 +87,8 @@ def parts(spec: dict) -> List[Part]:
 
 
 def row_bytes(spec: dict) -> int:
-    """Bytes one view of one signal takes: values, CRC (4) and bitmap (1)."""
-    return sum(np.dtype(d).itemsize * math.prod(s) for _, d, s in parts(spec)) + 5
+    """Bytes one view of one signal takes: values, CRC (4), view fingerprint (16) and bitmap (1)."""
+    return sum(np.dtype(d).itemsize * math.prod(s) for _, d, s in parts(spec)) + 5 + 8 * FP_WORDS
 
 
 def stored_spec(name: str, spec: dict, storage: dict) -> dict:
@@ -92,31 +135,39 @@ class TeacherCache:
             raise UserError(f"{root} is not a fastkd teacher cache ({META} has no format {FORMAT!r}); choose another folder")
         return meta
 
+    @staticmethod
+    def _refuse_other(root: str, meta: Optional[dict], key: dict, storage: dict) -> None:
+        if meta is None:
+            return
+        diff = key_differences(meta["key"], key)
+        diff += [f"cache_{k} (cache {meta['storage'][k]}, run {v})" for k, v in storage.items() if meta["storage"].get(k) != v]
+        if diff:
+            raise UserError(f"teacher cache {root} was filled for another run: {'; '.join(diff)}; "
+                            "use another --teacher-cache folder or the cache's options")
+
     @classmethod
     def open(cls, root: str, key: dict, storage: dict, signals: Dict[str, dict], epochs: int, fill: bool,
-             main: bool = True, log: Callable[[str], None] = print) -> "TeacherCache":
+             main: bool = True, log: Callable[[str], None] = print, reserve: int = 0) -> "TeacherCache":
         """Open ``root`` for a run of key ``key`` that needs ``signals`` (name -> {shape}) for ``epochs``.
 
-        Refuses a cache of another key or storage. With ``fill`` the signals the cache lacks are added (after
-        the disk check) and the fill lock is taken when anything is left to write; without it, the cache
-        is opened read-only and the signals it lacks are simply not served."""
+        Refuses a cache of another key or storage (compared again once the fill lock is held: another run
+        may have created the cache in between). With ``fill`` the signals the cache lacks are added (after
+        the disk check, which leaves ``reserve`` bytes free for the run's checkpoints) and the fill lock is
+        taken when anything is left to write; the temporary files of a killed fill are then removed. Without
+        it, the cache is opened read-only and the signals it lacks are simply not served."""
         root = os.path.abspath(root)
         meta = cls.read_meta(root)
         if meta is None and not fill:
             raise UserError(f"{root} holds no teacher cache; fill one with `fastkd cache build` or `fastkd train --teacher-cache`")
-        if meta is not None:
-            diff = key_differences(meta["key"], key)
-            diff += [f"cache_{k} (cache {meta['storage'][k]}, run {v})" for k, v in storage.items() if meta["storage"].get(k) != v]
-            if diff:
-                raise UserError(f"teacher cache {root} was filled for another run: {'; '.join(diff)}; "
-                                "use another --teacher-cache folder or the cache's options")
+        cls._refuse_other(root, meta, key, storage)
         have = meta["signals"] if meta is not None else {}
         new = {n: s for n, s in signals.items() if n not in have}
         if not fill or not main:
             return cls(root, meta, writable=fill)
         lock = None
         if new or not cls(root, meta or {"signals": {}}, False).complete(list(signals), epochs):
-            cls._check_space(root, (meta or {"key": key})["key"], {n: stored_spec(n, s, storage) for n, s in new.items()}, log)
+            cls._check_space(root, (meta or {"key": key})["key"], {n: stored_spec(n, s, storage) for n, s in new.items()},
+                             log, reserve)
             os.makedirs(root, exist_ok=True)
             lock = open(os.path.join(root, LOCK), "a+")
             try:
@@ -125,7 +176,15 @@ class TeacherCache:
                 lock.close()
                 raise UserError(f"another run is filling the teacher cache {root} ({LOCK} is locked); wait for it "
                                 "to finish, then rerun (this run will read what it wrote)")
-            meta = cls.read_meta(root) or {"format": FORMAT, "key": key, "storage": storage, "signals": {}}
+            try:
+                meta = cls.read_meta(root)
+                cls._refuse_other(root, meta, key, storage)  # the cache may have been created since the first look
+                cls._remove_temps(root, log)
+            except BaseException:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
+                raise
+            meta = meta or {"format": FORMAT, "key": key, "storage": storage, "signals": {}}
             for name, spec in signals.items():
                 if name not in meta["signals"]:
                     spec = stored_spec(name, spec, storage)
@@ -133,11 +192,46 @@ class TeacherCache:
                         cls._create(root, e, name, spec, meta["key"]["count"])
                     meta["signals"][name] = {**spec, "compute_dtype": None}
             atomic_write_json(os.path.join(root, META), meta)
+        elif meta is not None:  # complete: remove a killed fill's temporary files if no run is filling now
+            try:
+                probe = open(os.path.join(root, LOCK), "a+")
+            except OSError:
+                probe = None
+            if probe is not None:
+                with probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except OSError:
+                        pass
+                    else:
+                        cls._remove_temps(root, log)
+                        fcntl.flock(probe, fcntl.LOCK_UN)
         return cls(root, meta, writable=True, lock=lock)
 
     @staticmethod
-    def _check_space(root: str, key: dict, new: Dict[str, dict], log) -> None:
-        """Print what the new signals take and refuse when the disk cannot hold it."""
+    def _remove_temps(root: str, log) -> None:
+        """Delete what a killed fill left: fastkd's own temporary names only (``<file>.npy.tmp-<pid>`` in the
+        epoch folders, ``cache.json``'s atomic-write temporaries); called with the fill lock held."""
+        if not os.path.isdir(root):
+            return
+        removed = 0
+        for sub in os.listdir(root):
+            folder = os.path.join(root, sub)
+            if re.fullmatch(r"epoch\d{4}", sub) and os.path.isdir(folder):
+                for name in os.listdir(folder):
+                    if TEMP.fullmatch(name) and os.path.isfile(os.path.join(folder, name)):
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+        before = len(os.listdir(root))
+        remove_stale_temps(os.path.join(root, META))
+        removed += before - len(os.listdir(root))
+        if removed:
+            log(f"teacher cache {root}: removed {removed} temporary file(s) of an interrupted fill")
+
+    @staticmethod
+    def _check_space(root: str, key: dict, new: Dict[str, dict], log, reserve: int = 0) -> None:
+        """Print what the new signals take and refuse when the disk cannot hold it and ``reserve`` bytes more
+        (the run's checkpoints, when they go to the same file system)."""
         if not new:
             return
         per_view = sum(row_bytes(s) for s in new.values())
@@ -145,10 +239,11 @@ class TeacherCache:
         what = ", ".join(f"{n} {'top-%d ' % s['topk'] if s.get('topk') else ''}{s['dtype']} {list(s['shape'])}"
                          for n, s in new.items())
         free = shutil.disk_usage(_existing_parent(root)).free
+        kept = f" + {human(reserve)} for the run's checkpoints" if reserve else ""
         log(f"teacher cache {root}: {human(per_view)} per view ({what}) x {key['count']} samples x "
-            f"{key['epochs']} epochs = {human(per_view * views)} ({human(free)} free)")
-        if per_view * views > free:
-            raise UserError(f"the teacher cache needs {human(per_view * views)} but {_existing_parent(root)} has "
+            f"{key['epochs']} epochs = {human(per_view * views)}{kept} ({human(free)} free)")
+        if per_view * views + reserve > free:
+            raise UserError(f"the teacher cache needs {human(per_view * views)}{kept} but {_existing_parent(root)} has "
                             f"{human(free)} free; free space, pick another --teacher-cache folder, or store less "
                             "(--cache-topk K, --cache-budget)")
 
@@ -158,6 +253,7 @@ class TeacherCache:
         folder = os.path.join(root, f"epoch{epoch:04d}")
         files = {sfx: (os.path.join(folder, f"{name}.{sfx}.npy"), d, s) for sfx, d, s in parts(spec)}
         files["crc"] = (os.path.join(folder, f"{name}.crc.npy"), "uint32", ())
+        files["fp"] = (os.path.join(folder, f"{name}.fp.npy"), "int64", (FP_WORDS,))
         files["written"] = (os.path.join(folder, f"{name}.written.npy"), "uint8", ())
         return files
 
@@ -233,25 +329,57 @@ class TeacherCache:
         n = len(values[0])
         return np.array([zlib.crc32(b"".join(v[i].tobytes() for v in values)) for i in range(n)], dtype=np.uint32)
 
-    def read(self, epoch: int, idx: np.ndarray, names: List[str], device) -> Dict[str, torch.Tensor]:
-        """The rows ``idx`` of epoch ``epoch`` as tensors on ``device`` in the dtype the teacher computed them in."""
+    def _check_fingerprints(self, epoch: int, name: str, idx: np.ndarray, stored: np.ndarray,
+                            fingerprint: Optional[np.ndarray]) -> None:
+        if fingerprint is None:
+            return
+        bad = np.flatnonzero((stored != fingerprint).any(1))
+        if len(bad):
+            raise UserError(
+                f"teacher cache {self.root}: the cached {name} of dataset index {int(idx[bad[0]])} in epoch {epoch + 1} "
+                f"(folder epoch{epoch:04d}, {len(bad)} of the batch's {len(idx)} views) was computed on other pixels than "
+                "this run's view (fingerprint mismatch): the views changed since the cache was filled (a decoder, "
+                "library, memory tier or data change its key does not cover) or the cache was altered; fill a new "
+                "--teacher-cache folder")
+
+    def read(self, epoch: int, idx: np.ndarray, names: List[str], device,
+             fingerprint: Optional[np.ndarray] = None) -> Dict[str, torch.Tensor]:
+        """The rows ``idx`` of epoch ``epoch`` as tensors on ``device`` in the dtype the teacher computed them in.
+
+        Rows failing their CRC-32 raise :class:`DamagedRows` (all of them, over every signal of ``names``);
+        given ``fingerprint`` (int64 (len(idx), 2), :func:`view_fingerprint` of the batch), a row computed on
+        another view is a one-line error naming the epoch and index."""
         self._open_epoch(epoch)
-        out = {}
+        loaded, damaged, first = {}, np.zeros(len(idx), dtype=bool), None
         for name in names:
             spec, arrays = self.signals[name], self._maps[name]
             values = [np.asarray(arrays[sfx][idx]) for sfx, _, _ in parts(spec)]
-            bad = np.flatnonzero((self._crc(values) != arrays["crc"][idx]) | (arrays["written"][idx] != 1))
-            if len(bad):
-                path = self._paths(self.root, epoch, name, spec)["values"][0]
-                raise UserError(f"teacher cache {path} is corrupted (row of dataset index {int(idx[bad[0]])} fails its "
-                                f"CRC-32); delete {self.root} and fill it again")
+            bad = (self._crc(values) != arrays["crc"][idx]) | (arrays["written"][idx] != 1)
+            if bad.any() and first is None:
+                first = (name, int(idx[np.flatnonzero(bad)[0]]), self._paths(self.root, epoch, name, spec)["values"][0])
+            damaged |= bad
+            loaded[name] = values
+        if first is not None:
+            name, index, path = first
+            n = int(damaged.sum())
+            raise DamagedRows(f"teacher cache {path} is corrupted (row of dataset index {index} fails its CRC-32); "
+                              f"delete {self.root} and fill it again", np.flatnonzero(damaged),
+                              f"{n} row(s) of epoch {epoch + 1} (folder epoch{epoch:04d}; first: {name} of dataset "
+                              f"index {index}) failed their CRC-32")
+        out = {}
+        for name in names:
+            spec, values = self.signals[name], loaded[name]
+            self._check_fingerprints(epoch, name, idx, np.asarray(self._maps[name]["fp"][idx]), fingerprint)
             t = self._decode(spec, [torch.from_numpy(v) for v in values])
             t = t.to(device=device, dtype=getattr(torch, spec.get("compute_dtype") or "float32"))
             out[name] = t.contiguous(memory_format=torch.channels_last) if spec.get("channels_last") else t
         return out
 
-    def write(self, epoch: int, idx: np.ndarray, outputs: Dict[str, torch.Tensor]) -> None:
-        """Store the rows of ``idx`` not yet written (another writer's rows are left alone)."""
+    def write(self, epoch: int, idx: np.ndarray, outputs: Dict[str, torch.Tensor],
+              fingerprint: Optional[np.ndarray] = None, rewrite: Optional[np.ndarray] = None) -> None:
+        """Store the rows of ``idx`` not yet written (another writer's rows are left alone), and those at
+        positions ``rewrite`` (damaged rows) again. ``fingerprint``: int64 (len(idx), 2) of the views the
+        outputs were computed on, stored beside the rows; the rows already written must carry the same."""
         self._open_epoch(epoch)
         for name, arrays in self._maps.items():
             if name not in outputs:
@@ -262,28 +390,46 @@ class TeacherCache:
                 spec["compute_dtype"] = str(t.dtype).replace("torch.", "")
                 spec["channels_last"] = t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
                 atomic_write_json(os.path.join(self.root, META), self.meta)
-            todo = np.flatnonzero(arrays["written"][idx] == 0)
+            todo = arrays["written"][idx] == 0
+            if rewrite is not None and len(rewrite):
+                todo[rewrite] = True
+            kept = np.flatnonzero(~todo)
+            if len(kept) and fingerprint is not None:
+                self._check_fingerprints(epoch, name, idx[kept], np.asarray(arrays["fp"][idx[kept]]), fingerprint[kept])
+            todo = np.flatnonzero(todo)
             if not len(todo):
                 continue
             rows = idx[todo]
             t = outputs[name].detach()
             # index_select, not t[tensor]: advanced indexing took ~30 ms for 32 rows on our loaded 2-core CPU
-            values = self._encode(spec, t if len(todo) == len(t) else t.index_select(0, torch.from_numpy(todo).to(t.device)))
+            values = self._encode(spec, t if len(todo) == len(t) else t.index_select(0, torch.from_numpy(todo).to(t.device)),
+                                  name, epoch, self.root)
+            arrays["written"][rows] = 0  # a rewritten row is not served while it is being written
             for (sfx, _, _), v in zip(parts(spec), values):
                 arrays[sfx][rows] = v
             arrays["crc"][rows] = self._crc(values)
+            arrays["fp"][rows] = fingerprint[todo] if fingerprint is not None else 0
             arrays["written"][rows] = 1
 
     @staticmethod
-    def _encode(spec: dict, t: torch.Tensor) -> List[np.ndarray]:
-        """The stored arrays of ``t``'s rows (dtype conversion by torch: numpy's float16 cast is scalar and slow)."""
+    def _encode(spec: dict, t: torch.Tensor, name: str = "", epoch: int = 0, root: str = "") -> List[np.ndarray]:
+        """The stored arrays of ``t``'s rows (dtype conversion by torch: numpy's float16 cast is scalar and slow).
+        A finite value beyond float16's range in a float16 cache is refused (it would be stored as inf)."""
         t, dtype = t.float().cpu(), getattr(torch, spec["dtype"])
         k = int(spec.get("topk") or 0)
+        values = t.topk(k, dim=1) if k else None
+        stored = values.values if k else t
+        if dtype == torch.float16:
+            big = stored.abs().masked_fill(~stored.isfinite(), 0).amax() if stored.numel() else torch.tensor(0.0)
+            if float(big) > FLOAT16_MAX:
+                raise UserError(f"teacher signal {name} reaches {float(big):.4g} in epoch {epoch + 1}, beyond float16's "
+                                f"range (+-{FLOAT16_MAX:.0f}), so the float16 cache {root} would hold inf; fill a new "
+                                "--teacher-cache folder with --cache-dtype float32")
         if not k:
             return [t.to(dtype).numpy()]
-        values, indices = t.topk(k, dim=1)
+        indices = values.indices
         rest = t.scatter(1, indices, float("-inf")).logsumexp(1)
-        return [values.to(dtype).numpy(), indices.int().numpy(), rest.numpy()]
+        return [values.values.to(dtype).numpy(), indices.int().numpy(), rest.numpy()]
 
     @staticmethod
     def _decode(spec: dict, values: List[torch.Tensor]) -> torch.Tensor:

@@ -54,7 +54,9 @@ def build(out, opts, batch_size, quiet, **kw):
     BACKENDS.canonical(kw["backend"])
     cfg = TrainConfig(**kw, out="", student=kw["teacher"] or "", teacher_cache=out,
                       method_options=parse_method_options(opts), progress=not quiet)
-    click.echo(format_info(build_cache(cfg, batch_size=batch_size + batch_size % 2, progress=not quiet)))
+    info = build_cache(cfg, batch_size=batch_size + batch_size % 2, progress=not quiet)
+    if info is not None:  # rank 0 of a torchrun job reports for all
+        click.echo(format_info(info))
 
 
 @cache.command()

@@ -13,7 +13,7 @@ from . import cli
 @click.option("--root", default=None, help="Folder holding the dataset in its official layout.")
 @click.option("--out", required=True, help="Output folder (written atomically).")
 @click.option("--formats", default="ffcv,dali", show_default=True, help="Comma list of ffcv, dali.")
-@click.option("--max-side", type=int, default=None, help="Shrink photos so this side is at most N px.")
+@click.option("--max-side", type=click.IntRange(1), default=None, help="Shrink photos so this side is at most N px.")
 @click.option("--resize-side", type=click.Choice(["longer", "shorter"]), default="longer", show_default=True)
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=90, show_default=True)
 @click.option("--storage", type=click.Choice(["jpg", "raw"]), default=None,
@@ -24,8 +24,8 @@ from . import cli
 @click.option("--opt", "reader_opts", multiple=True, metavar="NAME=VALUE",
               help="Dataset reader option, e.g. --opt classes=imagenet100.txt (imagenet_subset), "
                    "--opt level=family (aircrafts), --opt crop_bbox=true (cars), --opt holdout=0.1 (vggface2).")
-@click.option("--workers", type=int, default=0, help="Encoding processes (0: all cores).")
-@click.option("--per-shard", type=int, default=5000, show_default=True, help="Samples per tar shard.")
+@click.option("--workers", type=click.IntRange(0), default=0, help="Encoding processes (0: all cores).")
+@click.option("--per-shard", type=click.IntRange(1), default=5000, show_default=True, help="Samples per tar shard.")
 @click.option("--skip-corrupt", is_flag=True, help="Skip undecodable images (counted in the manifest).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing conversion in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -34,6 +34,8 @@ def convert(dataset, root, out, formats, max_side, resize_side, jpeg_quality, st
     """Convert a dataset from its official layout to FFCV .beton, DALI shards and a manifest."""
     from fastkd.converters.convert import ConvertOptions, convert as run
 
+    if not 0 <= val_fraction < 1:  # nan too
+        raise UserError(f"--val-fraction {val_fraction} must be in [0, 1) (0: no val split carved)")
     fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
     bad = [f for f in fmts if f not in ("ffcv", "dali")]
     if bad or not fmts:

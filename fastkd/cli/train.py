@@ -141,8 +141,8 @@ def train(opts, milestones, resume, quiet, **kw):
 @click.option("--split", default="test", show_default=True)
 @backend_option()
 @memory_limit_option()
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def evaluate_cmd(data, checkpoint, split, backend, batch_size, workers, device):
     """Top-1/top-5 of a trained checkpoint on a split."""

@@ -27,8 +27,34 @@ def parse_methods(spec: str, options: Dict[str, Dict[str, object]] | None = None
     out = []
     for name in names:
         cls = METHODS.get(name)
-        out.append(cls(**options.get(name, {})))
+        opts = options.get(name, {})
+        check_options(name, cls, opts)
+        out.append(cls(**opts))
     return out
+
+
+def check_options(name: str, cls, opts: Dict[str, object]) -> None:
+    """One-line UserErrors for method ``name``'s options ``opts``: an option it does not have, a non-number
+    where its default is a number, and the value rules of ``TrainConfig`` (``method_option_rule``)."""
+    import inspect
+
+    from fastkd.errors import UserError
+    from fastkd.train.config import method_option_rule
+
+    params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    for key, value in opts.items():
+        if key not in params:
+            raise UserError(f"method {name} has no option {key!r}; its options: {', '.join(params) or 'none'}")
+        default = params[key].default
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise UserError(f"--opt {name}.{key}={value!r} must be a number (default {default})")
+        if numeric and isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) \
+                and not value.is_integer():
+            raise UserError(f"--opt {name}.{key}={value!r} must be an integer (default {default})")
+        bad = method_option_rule(key, value)
+        if bad:
+            raise UserError(f"--opt {name}.{key}={value!r} {bad}")
 
 
 def list_methods() -> List[str]:

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import List
 
 from fastkd.errors import UserError
+from fastkd.safe_paths import plain_name
 
 KEYS = {"description", "teachers", "student", "methods", "seeds", "train", "teacher_train", "student_train",
         "method_options", "published"}
@@ -42,4 +43,22 @@ def load_recipe(name_or_path: str) -> dict:
     if unknown:
         raise UserError(f"recipe {where} has unknown key(s) {', '.join(sorted(unknown))}; "
                         f"allowed: {', '.join(sorted(KEYS))}")
+    _check_names(recipe, f"recipe {where}")
     return recipe
+
+
+def _check_names(recipe: dict, where: str) -> None:
+    """Names a grid turns into folders (``<out>/<teacher>/<method>/seed<seed>``): plain names and integer
+    seeds only, so a recipe never makes a grid write outside its folder."""
+    for key in ("teachers", "methods", "seeds"):
+        if key in recipe and not isinstance(recipe[key], list):
+            raise UserError(f"{where}: {key} must be a JSON list; fix the file")
+    for t in recipe.get("teachers", []):
+        plain_name(t, "teacher", where)
+    if "student" in recipe:
+        plain_name(recipe["student"], "student", where)
+    for m in recipe.get("methods", []):
+        plain_name(m, "method", where)
+    for s in recipe.get("seeds", []):
+        if not isinstance(s, int) or isinstance(s, bool):
+            raise UserError(f"{where}: seed {s!r} is not an integer; fix the file")

@@ -6,9 +6,11 @@ checkpoints hold nothing else: RNG states are stored as tensors, lists and numbe
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
+from typing import Optional
 
 import numpy as np
 import torch
@@ -24,12 +26,13 @@ def save_atomic(path: str, state: dict) -> None:
     atomic_torch_save(path, state)
 
 
-def load(path: str) -> dict:
-    """A dict of tensors and plain values from ``path``; a one-line UserError for anything else."""
-    if not os.path.isfile(path):
+def load(path: str, data: Optional[bytes] = None) -> dict:
+    """A dict of tensors and plain values from ``path`` (or from ``data``, that file's bytes read earlier); a
+    one-line UserError for anything else."""
+    if data is None and not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; give the path of a .pt written by `fastkd train`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path} holds Python objects besides tensors and plain values, which could run code when "
                         "loaded; fastkd loads weights only: save a state dict (torch.save(model.state_dict(), ...))")

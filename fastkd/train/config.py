@@ -4,6 +4,7 @@ Checked once, at construction (:meth:`TrainConfig.__post_init__`): a bad value i
 before any data is opened, never a failure at the first step."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
@@ -15,6 +16,30 @@ AMP_MODES = ("off", "bf16", "fp16")
 
 # options that do not change the numbers a run produces, so a resume may differ in them
 RESUME_FREE = frozenset({"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"})
+CACHE_DTYPES = ("float16", "float32")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def method_option_rule(name: str, value) -> Optional[str]:
+    """Why ``value`` is no valid value for a method option called ``name`` (None: it is), by the option's name,
+    for every method: numbers finite, a temperature > 0, a loss weight (``weight``, ``*_weight``, ``alpha``,
+    ``beta``, ``scale``) >= 0, ``eps`` / ``p`` > 0. Checked by :class:`TrainConfig` and ``parse_methods``."""
+    if not _is_number(value):
+        return None  # strings (taps, "auto"); parse_methods checks the type against the option's default
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if name in ("temperature", "eps", "p") and not value > 0:
+        return "must be > 0"
+    if (name in ("weight", "alpha", "beta", "scale") or name.endswith("_weight")) and value < 0:
+        return "is a loss weight; give a value >= 0"
+    return None
 
 
 @dataclass
@@ -76,28 +101,55 @@ class TrainConfig:
             if not ok:
                 raise UserError(f"--{option.replace('_', '-')} {getattr(self, option)!r} {rule}")
 
-        for option in ("epochs", "batch_size", "eval_every"):
-            need(isinstance(getattr(self, option), int) and getattr(self, option) >= 1, option, "must be an integer >= 1")
-        need(self.lr > 0, "lr", "must be > 0")
-        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
-        for option in ("weight_decay", "warmup_epochs", "checkpoint_every", "mixup", "cutmix", "workers"):
-            need(getattr(self, option) >= 0, option, "must be >= 0")
-        need(self.ce_weight is None or self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        def integer(option: str, least: int) -> None:
+            v = getattr(self, option)
+            need(_is_int(v) and v >= least, option, f"must be an integer >= {least}")
+
+        def number(option: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False,
+                   rule: str = "") -> None:
+            v = getattr(self, option)
+            ok = _is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) and (
+                v < high if high_open else v <= high)
+            if not rule:
+                lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+                rule = (f"must be {'>' if low_open else '>='} {low:g}" if high == math.inf else f"must be in {lo}, {hi}")
+                if not (_is_number(v) and math.isfinite(v)):
+                    rule = "is not a finite number; it " + rule
+            need(ok, option, rule)
+
+        for option in ("epochs", "batch_size", "eval_every", "step_size"):
+            integer(option, 1)
+        for option in ("workers", "cache_topk", "seed"):
+            integer(option, 0)
+        number("lr", 0, low_open=True)
+        number("momentum", 0, 1, high_open=True)
+        for option in ("weight_decay", "warmup_epochs", "checkpoint_every", "mixup", "cutmix", "cache_budget"):
+            number(option, 0)
+        need(self.ce_weight is None or (_is_number(self.ce_weight) and math.isfinite(self.ce_weight)
+                                        and self.ce_weight >= 0), "ce_weight", "must be a finite number >= 0")
         need(self.schedule in SCHEDULES, "schedule", f"is unknown; choose one of: {', '.join(SCHEDULES)}")
-        need(self.gamma > 0, "gamma", "must be > 0")
-        need(self.schedule != "step" or self.step_size >= 1, "step_size", "must be >= 1 with --schedule step")
+        need(self.cache_dtype in CACHE_DTYPES, "cache_dtype", f"is unknown; choose one of: {', '.join(CACHE_DTYPES)}")
+        number("gamma", 0, low_open=True)
         need(self.schedule != "multistep" or bool(self.milestones), "milestones",
              "is empty; --schedule multistep needs epochs such as --milestones 150,180,210")
-        need(all(0 <= m <= self.epochs for m in self.milestones) and self.milestones == sorted(self.milestones),
+        need(isinstance(self.milestones, list) and all(_is_int(m) and 0 <= m <= self.epochs for m in self.milestones)
+             and self.milestones == sorted(self.milestones),
              "milestones", f"must be epochs in 0..{self.epochs} (--epochs), in increasing order")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"must not exceed --epochs {self.epochs}")
         need(self.init in INITS, "init", f"is unknown; choose one of: {', '.join(INITS)}")
         need(self.amp in AMP_MODES, "amp", f"is unknown; choose one of: {', '.join(AMP_MODES)}")
-        need(0 <= self.label_smoothing < 1, "label_smoothing", "must be in [0, 1)")
-        need(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
-        need(0 <= self.erasing <= 1, "erasing", "is a probability; give a value in [0, 1]")
-        need(0 <= self.cutout < 1, "cutout", "is a fraction of the image side; give a value in [0, 1)")
-        need(self.res is None or self.res >= 8, "res", "must be at least 8 (pixels)")
+        number("label_smoothing", 0, 1, high_open=True)
+        number("dropout", 0, 1, high_open=True)
+        number("erasing", 0, 1, rule="is a probability; give a value in [0, 1]")
+        number("cutout", 0, 1, high_open=True, rule="is a fraction of the image side; give a value in [0, 1)")
+        need(self.res is None or (_is_int(self.res) and self.res >= 8), "res", "must be at least 8 (pixels)")
+        need(isinstance(self.method_options, dict) and all(isinstance(v, dict) for v in self.method_options.values()),
+             "method_options", "must map a method to its {option: value}")
+        for method, opts in self.method_options.items():
+            for name, value in opts.items():
+                bad = method_option_rule(name, value)
+                if bad:
+                    raise UserError(f"--opt {method}.{name}={value!r} {bad}")
 
     def augment_config(self):
         """The batch augmentations these options ask for (pipelines/augment.py; the papers' shapes: erasing

@@ -62,8 +62,31 @@ class EpochMeters:
         return {"names": list(self.names), "sums": self.sums, "correct": self.correct, "finite": self.finite,
                 "seen": self.seen, "seconds": self.seconds}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.names, self.seen, self.seconds = list(state["names"]), int(state["seen"]), float(state["seconds"])
+    def reduced_state_dict(self) -> dict:
+        """:meth:`state_dict` summed over every rank (one all_reduce; every rank must call it): what a
+        checkpoint holds, so that a resume counts each rank's part of the epoch once."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.state_dict()
+        packed = self._packed()
+        if self.device.type == "cpu" and dist.get_backend() == "nccl":
+            packed = packed.cuda()
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        n = len(self.names)
+        return {"names": list(self.names), "sums": packed[:n].clone() if self.sums is not None else None,
+                "correct": packed[n].clone(), "finite": packed[n + 2] == 0, "seen": int(packed[n + 1]),
+                "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict, carry: bool = True) -> None:
+        """Continue from ``state``; ``carry=False`` (ranks other than 0 after a resume): the same terms,
+        counted from zero, since rank 0 carries the ranks' sums of the epoch so far."""
+        self.names, self.seconds = list(state["names"]), float(state["seconds"])
         to = dict(device=self.device)
+        if not carry:
+            self.sums = torch.zeros(len(self.names), dtype=torch.float64, **to) if state["sums"] is not None else None
+            return
+        self.seen = int(state["seen"])
         self.sums = state["sums"].to(**to) if state["sums"] is not None else None
         self.correct, self.finite = state["correct"].to(**to), state["finite"].to(**to)

@@ -6,10 +6,17 @@ weights in memory); its weights are loaded onto the training device only when so
 in the cache for every epoch of the run. Per batch, when the cache holds every cached signal of the batch's
 (epoch, indices) they are read; otherwise the teacher runs and the rows the cache lacks are written. The
 teacher always runs in eval mode under ``torch.inference_mode``, inside the step's autocast.
+
+Every batch's views are fingerprinted (``store.view_fingerprint``): written beside the rows, compared on
+every read (a cached output is never served for other pixels). A row failing its CRC-32 is recomputed by
+the teacher and rewritten, with one line saying so. The weights file is read once: the cache key hashes
+exactly the bytes the teacher is loaded from.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import sys
 import warnings
 from typing import Dict, List
@@ -18,12 +25,12 @@ import torch
 from torch import nn
 
 from fastkd.cache import TeacherCache, cache_key
-from fastkd.cache.store import human, row_bytes, stored_spec
+from fastkd.cache.store import DamagedRows, human, row_bytes, stored_spec, view_fingerprint
 from fastkd.errors import UserError
 
 from . import distributed
 from .signals import SignalModel
-from .weights import build_teacher, load_weights
+from .weights import build_teacher, load_weights, read_weights_file
 
 
 def _log(msg: str) -> None:
@@ -38,9 +45,44 @@ def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device) 
     with torch.random.fork_rng(devices=[]):
         if not cfg.teacher_cache:
             return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res).to(device)
+        # read once: the key's hash and the weights loaded later come from the same bytes, whatever
+        # happens to the file in between
+        data = read_weights_file(cfg.teacher_weights) if cfg.teacher_weights else None
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
-            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res)
+            model = build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res, data=data)
+        model.fastkd_weights = data
+        model.fastkd_weights_sha256 = hashlib.sha256(data).hexdigest()
+        return model
+
+
+def checkpoint_reserve(cfg, num_classes: int, low_res: bool) -> int:
+    """Bytes the run's checkpoints take at most: the student's parameters and buffers, plus the SGD momentum
+    (one buffer per parameter), times 2 files (``checkpoint.pt`` and the temporary copy written over it).
+    The student is built on the meta device: nothing allocated, no random numbers drawn. 0 for a run that
+    writes no checkpoint (``fastkd cache build``)."""
+    from fastkd.models import create_model
+
+    if not cfg.out or not cfg.student:
+        return 0
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        try:
+            student = create_model(cfg.student, num_classes, low_res)
+        except UserError:
+            return 0
+    params = sum(p.numel() * p.element_size() for p in student.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in student.buffers())
+    return 2 * (params * (2 if cfg.momentum else 1) + buffers)
+
+
+def _same_file_system(a: str, b: str) -> bool:
+    from fastkd.cache.store import _existing_parent
+
+    try:
+        return os.stat(_existing_parent(a)).st_dev == os.stat(_existing_parent(b)).st_dev
+    except OSError:
+        return True
 
 
 def plan_signals(shapes: Dict[str, tuple], storage: dict, budget: float, views: int) -> List[str]:
@@ -99,11 +141,16 @@ class TeacherSource:
         if self.online and dist.main:
             _log(f"teacher cache: {', '.join(self.online)} run online (their maps exceed --cache-budget "
                  f"{human(cfg.cache_budget)})")
-        key = cache_key(cfg, loader, self.module.fastkd_name, dist.world)
+        key = cache_key(cfg, loader, self.module.fastkd_name, dist.world,
+                        getattr(self.module, "fastkd_weights_sha256", None))
         wanted = {n: {"shape": shapes[n]} for n in self.cached}
         opened = None
         if dist.main:
-            opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=_log)
+            reserve = 0
+            if cfg.out and _same_file_system(cfg.out, cfg.teacher_cache):
+                reserve = checkpoint_reserve(cfg, loader.data.num_classes, loader.low_res)
+            opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=_log,
+                                       reserve=reserve)
         distributed.barrier()
         self.cache = opened or TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=False)
         if self.online or not self.cache.complete(self.cached, cfg.epochs, lambda e: _visited(loader, e)):
@@ -116,22 +163,30 @@ class TeacherSource:
         if not self._on_meta():
             return
         self.module.to_empty(device=self.device)
-        load_weights(self.module, self.cfg.teacher_weights, "teacher")
+        load_weights(self.module, self.cfg.teacher_weights, "teacher", data=getattr(self.module, "fastkd_weights", None))
+        self.module.fastkd_weights = None  # loaded: the bytes are no longer needed
         if self.cfg.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.module.eval()
 
     def __call__(self, images: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
-        idx = None
+        idx = fingerprint = damaged = None
         if self.cache is not None:
             idx = batch.host_index
+            fingerprint = view_fingerprint(images).cpu().numpy()  # the views exactly as the teacher sees them
             if not self.online and self.cache.has(batch.epoch, idx, self.cached):
-                return self.cache.read(batch.epoch, idx, self.cached, images.device)
-            self._materialise()  # a row the cache lacks (it changed under us): run the teacher
+                try:
+                    return self.cache.read(batch.epoch, idx, self.cached, images.device, fingerprint=fingerprint)
+                except DamagedRows as exc:
+                    if not self.cache.writable:
+                        raise
+                    damaged = exc.positions
+                    _log(f"teacher cache {self.cache.root}: {exc.what}; recomputed by the teacher and rewritten")
+            self._materialise()  # a row the cache lacks (it changed under us) or a damaged one: run the teacher
         with torch.inference_mode():
             t = self.signals(images)
         if self.cache is not None:
-            self.cache.write(batch.epoch, idx, {n: t[n] for n in self.cached})
+            self.cache.write(batch.epoch, idx, {n: t[n] for n in self.cached}, fingerprint=fingerprint, rewrite=damaged)
         # outside inference mode, so that losses may save them for backward (FitNets, CRD)
         return {k: v.clone() if v.is_inference() else v for k, v in t.items()}
 

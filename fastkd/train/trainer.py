@@ -6,6 +6,8 @@ The step loop never waits for the device: metrics accumulate there (``meters.py`
 times per epoch, when a non-finite loss stops the run (within ``LOG_MAX_STEPS`` steps, before any
 checkpoint holds it). Checkpoints are written at epoch ends, every ``checkpoint_every`` minutes within
 an epoch (with the position in the epoch order, so a resume continues exactly) and on SIGTERM/SIGINT.
+Under torchrun a checkpoint also records the world size: one written within an epoch resumes only under
+that world size (refused otherwise, in one line), one written at an epoch's end under any.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,7 @@ from fastkd import __version__
 from fastkd.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from fastkd.errors import UserError
 from fastkd.methods import parse_methods
+from fastkd.ownership import claims_run_folder
 from fastkd.models import count_parameters, create_model
 from fastkd.pipelines import Loader, open_converted
 
@@ -102,12 +105,13 @@ class Trainer:
         self.meters = EpochMeters(self.device)
         self.stop = StopSignals()
         self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
-        if resume and not os.path.exists(self.ckpt_path):
+        exists = distributed.agree_exists(self.ckpt_path, self.dist)  # every rank, or none, sees the checkpoint
+        if resume and not exists:
             if self.dist.main:
                 _log(f"--resume: {cfg.out} holds no checkpoint yet; starting the run from the beginning")
         elif resume:
             self._resume()
-        elif os.path.exists(self.ckpt_path):
+        elif exists:
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
 
     def _build_student(self, n_cls: int, low_res: bool):
@@ -127,11 +131,14 @@ class Trainer:
         return sync_bn.convert(student, self.device) if cfg.sync_bn else student
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, epoch: int, batch: int) -> dict:
-        """Everything a resume needs; ``batch`` batches of ``epoch`` are done (all of them at its end)."""
+    def _state(self, epoch: int, batch: int, meters: Optional[dict] = None) -> dict:
+        """Everything a resume needs; ``batch`` batches of ``epoch`` are done by each of the ``world`` ranks
+        (all of them at its end), ``samples`` samples of the epoch's global order; ``meters``: the epoch's
+        metrics so far summed over the ranks (None at its end)."""
         return {
             "kind": checkpoint.KIND, "fastkd_version": __version__, "epoch": epoch, "batch": batch,
-            "meters": self.meters.state_dict() if batch < len(self.train_loader) else None,
+            "world": self.dist.world, "samples": batch * self.cfg.batch_size * self.dist.world,
+            "meters": meters,
             "model_name": self.student.fastkd_name, "num_classes": self.data.num_classes,
             "dataset": self.data.manifest["dataset"],
             "low_res": self.train_loader.low_res, "res": self.train_loader.res,
@@ -156,19 +163,36 @@ class Trainer:
         if diff:
             raise UserError(f"--resume with options that differ from the saved run ({', '.join(diff)}); "
                             "rerun with the original options or use another --out")
+        # an older checkpoint has no "world": written by one process (the case it was accepted wrongly in)
+        saved_world, mid_epoch = int(state.get("world", 1)), state["meters"] is not None
+        # the same checkpoint on every rank (a rank reading a stale copy stops the job)
+        distributed.agree_same([state["epoch"], state["batch"], saved_world], "checkpoints (epoch, batch, world size)",
+                               self.dist)
+        if mid_epoch and saved_world != self.dist.world:
+            # each rank's batch k is a block of global batch k: a position counted in one world size's batches
+            # is not a batch boundary of another's, and resuming it would skip or repeat samples
+            done = state.get("samples", state["batch"] * self.cfg.batch_size * saved_world)
+            raise UserError(f"--resume: {self.ckpt_path} was written within epoch {state['epoch'] + 1} ({done} samples "
+                            f"of its order done) by {_procs(saved_world)}, and this run has {_procs(self.dist.world)}; "
+                            f"resume with {_procs(saved_world)} (torchrun --nproc_per_node {saved_world}), or let "
+                            "that run reach the epoch's end, whose checkpoint any number of processes resumes")
         self.student.load_state_dict(state["model"])
         for m, sd in zip(self.methods, state["methods"]):
             m.load_state_dict(sd)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])  # the loss scale and its growth counter
+        # rank 0's weights, adapters and optimiser state everywhere (the DDP wrapper broadcast the weights it
+        # was built with, before this load)
+        distributed.broadcast_state([self.student, *self.methods], self.optimizer)
         checkpoint.set_rng_state(state["rng"])
         self.history = list(state["history"])
-        if state["meters"] is None:  # an epoch end
+        if not mid_epoch:  # an epoch end
             self.start_epoch = state["epoch"] + 1
-        else:  # within an epoch: continue at its next batch with its metrics so far
+        else:  # within an epoch: continue at its next batch with its metrics so far (summed over the ranks:
+            # rank 0 carries them, the others start from zero, so the epoch's all_reduce counts them once)
             self.start_epoch, self.start_batch = state["epoch"], state["batch"]
-            self.meters.load_state_dict(state["meters"])
+            self.meters.load_state_dict(state["meters"], carry=self.dist.main)
         if self.dist.main:
             _log(f"resuming {self.cfg.out} at epoch {self.start_epoch + 1}, batch {self.start_batch + 1}")
 
@@ -282,10 +306,15 @@ class Trainer:
                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
         if not torch.nn.utils.get_total_norm(tensors).isfinite():  # one fused pass; nan/inf anywhere -> nan/inf
             self._diverged(epoch, batch)
+        meters = None
         if batch < len(self.train_loader):  # mid-epoch: the time this epoch has run, for a resume
             self.meters.seconds = time.time() - self._epoch_started
+            meters = self.meters.reduced_state_dict()  # summed over the ranks (a collective: every rank is here)
         if self.dist.main:
-            checkpoint.save_atomic(self.ckpt_path, self._state(epoch, batch))
+            checkpoint.save_atomic(self.ckpt_path, self._state(epoch, batch, meters))
+        # no rank moves on (or exits, on a signal) before rank 0's checkpoint is complete: a rank that exits
+        # makes torchrun stop the others, which would cut rank 0's write short
+        distributed.barrier()
         self._saved_at = time.time()
 
     def _exit(self, epoch: int, batch: int) -> None:
@@ -349,6 +378,20 @@ class Trainer:
             self.t_signals.close()
 
 
+def _procs(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
+def _lost_peer(exc: BaseException) -> bool:
+    """A collective failed because another rank died or stopped answering (gloo raises plain RuntimeErrors)."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(s in text for s in ("Timed out", "Connection closed", "Connection reset",
+                                                                     "gloo", "NCCL"))
+
+
+@claims_run_folder  # rank 0 locks --out for the run; another run's files need --resume
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     from fastkd.malloc import keep_freed_memory
 
@@ -357,8 +400,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
         if distributed.is_main_process():
             _log(f"torchrun restart {distributed.elastic_restart()}: resuming from {os.path.join(cfg.out, CHECKPOINT)}")
-    trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.fit()
-    finally:
-        trainer.close()
+        trainer = Trainer(cfg, resume=resume)
+        try:
+            return trainer.fit()
+        finally:
+            trainer.close()
+    except RuntimeError as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not _lost_peer(exc):
+            raise
+        _log(f"fastkd: error: {distributed.lost_peer_message(exc)}")
+        raise SystemExit(1) from None
