@@ -234,9 +234,8 @@ def claims_run_folder(train):
 
     @functools.wraps(train)
     def wrapper(cfg, resume: bool = False, *args, **kwargs):
-        from fastkd.train.distributed import elastic_restart
-
-        with claim_run(cfg.out, resume or bool(elastic_restart())):
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # as distributed.elastic_restart
+        with claim_run(cfg.out, resume or restarted):
             return train(cfg, resume, *args, **kwargs)
 
     return wrapper

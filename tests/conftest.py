@@ -57,3 +57,14 @@ def make_loader():
     yield make
     for loader in made:
         release_loader(loader)
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory):
+    """A resnet32 state dict (40 classes, low-resolution stem) with seed-0 initial weights: a teacher file."""
+    from fastkd.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet32.pt"
+    torch.save(create_model("resnet32", 40, True).state_dict(), path)
+    return str(path)

@@ -14,7 +14,6 @@ from fastkd.cache import TeacherCache
 from fastkd.cache import store as store_mod
 from fastkd.errors import UserError
 from fastkd.methods.kd import kd_loss
-from fastkd.models import create_model
 from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import Trainer
@@ -22,14 +21,6 @@ from fastkd.train.trainer import Trainer
 FAST = dict(student="resnet32", teacher="resnet32", epochs=1, batch_size=64, lr=0.05, res=16, workers=0,
             progress=False, device="cpu")
 METHODS = "kd+at+pkt+rkd+fitnets"  # logits, stage maps, the embedding; FitNets adds a randomly initialised adapter
-
-
-@pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "resnet32.pt"
-    torch.save(create_model("resnet32", 40, True).state_dict(), path)
-    return str(path)
 
 
 def _cfg(data, out, teacher_weights, **kw):

@@ -15,7 +15,8 @@ import torch
 from fastkd.cache import TeacherCache, cache_key
 from fastkd.cache import key as key_mod
 from fastkd.cache import store as store_mod
-from fastkd.cache.store import DamagedRows, view_fingerprint
+from fastkd.cache.fingerprint import view_fingerprint
+from fastkd.cache.store import DamagedRows
 from fastkd.errors import UserError
 from fastkd.models import create_model
 from fastkd.pipelines.memory_backend import ENV_LIMIT
@@ -34,14 +35,6 @@ def _cli(*args):
     from fastkd.cli import main
 
     main([str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def teacher_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("teacher") / "resnet32.pt"
-    torch.save(create_model("resnet32", 40, True).state_dict(), path)
-    return str(path)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The cache on disk: ``cache.json`` (key, storage, signals) and, per epoch and signal, memory-mapped ``.npy``
 arrays indexed by dataset index: the values, a CRC-32 of each row, the fingerprint of the view the row was
-computed on (:func:`view_fingerprint`) and a written-bitmap.
+computed on (``fastkd.cache.fingerprint``) and a written-bitmap.
 
 - A row is written as values, then its CRC and fingerprint, then its bitmap byte; a reader serves a row only
   when its bitmap byte is set and its CRC matches. A row failing its CRC is recomputed by the teacher and
@@ -35,38 +35,14 @@ import torch
 from fastkd.atomic import atomic_write_json, remove_stale_temps
 from fastkd.errors import UserError
 
+from .fingerprint import FP_WORDS
 from .key import key_differences
 
 FORMAT = "fastkd-teacher-cache"
 META, LOCK = "cache.json", "fill.lock"
 Part = Tuple[str, str, Tuple[int, ...]]  # file suffix, numpy dtype, per-row shape
 TEMP = re.compile(r".+\.npy\.tmp-\d+")  # the temporary names of :meth:`TeacherCache._create`
-FP_WORDS = 2  # int64 words of a view fingerprint
 FLOAT16_MAX = 65504.0
-_FP_WEIGHTS: Dict[tuple, torch.Tensor] = {}
-
-
-def view_fingerprint(images: torch.Tensor) -> torch.Tensor:
-    """int64 (N, 2) on ``images``' device: a fingerprint of each float32 (N, C, H, W) view, exactly as the
-    teacher sees it (normalised and augmented). Each word is an integer weighted sum of the pixels' float32
-    bit patterns (as int32) with fixed pseudo-random 13-bit weights per (c, y, x): exact (no overflow) up to
-    2**19 values a view (3 x 418 x 418), beyond that modulo 2**64, which is still order-independent, so it
-    depends on the pixels alone, not on the batch, its size or the memory format (identical in a 256-view
-    ``cache build`` batch and a training batch). Any change of one value changes both words."""
-    x = images.detach()
-    if x.dtype != torch.float32:
-        x = x.float()
-    shape, dev = tuple(x.shape[1:]), x.device
-    w = _FP_WEIGHTS.get((shape, str(dev)))
-    if w is None:
-        from fastkd.hashing import mix64
-
-        pos = np.arange(FP_WORDS * math.prod(shape), dtype=np.uint64)
-        weights = (mix64(pos + np.uint64(0x5EED)) >> np.uint64(51)) | np.uint64(1)  # odd, < 2**13
-        w = torch.from_numpy(weights.astype(np.int64)).view(FP_WORDS, *shape).to(dev)
-        _FP_WEIGHTS[(shape, str(dev))] = w
-    bits = x.view(torch.int32).long()
-    return torch.stack([(bits * w[k]).sum((1, 2, 3)) for k in range(FP_WORDS)], 1)
 
 
 class DamagedRows(UserError):
@@ -347,7 +323,7 @@ class TeacherCache:
         """The rows ``idx`` of epoch ``epoch`` as tensors on ``device`` in the dtype the teacher computed them in.
 
         Rows failing their CRC-32 raise :class:`DamagedRows` (all of them, over every signal of ``names``);
-        given ``fingerprint`` (int64 (len(idx), 2), :func:`view_fingerprint` of the batch), a row computed on
+        given ``fingerprint`` (int64 (len(idx), 2), ``fingerprint.view_fingerprint`` of the batch), a row computed on
         another view is a one-line error naming the epoch and index."""
         self._open_epoch(epoch)
         loaded, damaged, first = {}, np.zeros(len(idx), dtype=bool), None

@@ -89,6 +89,16 @@ def broadcast_state(modules: Iterable, optimizer=None) -> None:
                 t.data.copy_(data)
 
 
+def lost_peer(exc: BaseException) -> bool:
+    """Under torchrun: a collective failed because another rank died or stopped answering (gloo raises plain
+    RuntimeErrors, so their text is read too)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(s in text for s in ("Timed out", "Connection closed", "Connection reset",
+                                                                     "gloo", "NCCL"))
+
+
 def lost_peer_message(exc: BaseException) -> str:
     """One line for a collective that failed because another rank died or stopped answering."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

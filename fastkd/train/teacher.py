@@ -7,7 +7,7 @@ in the cache for every epoch of the run. Per batch, when the cache holds every c
 (epoch, indices) they are read; otherwise the teacher runs and the rows the cache lacks are written. The
 teacher always runs in eval mode under ``torch.inference_mode``, inside the step's autocast.
 
-Every batch's views are fingerprinted (``store.view_fingerprint``): written beside the rows, compared on
+Every batch's views are fingerprinted (``fastkd.cache.fingerprint``): written beside the rows, compared on
 every read (a cached output is never served for other pixels). A row failing its CRC-32 is recomputed by
 the teacher and rewritten, with one line saying so. The weights file is read once: the cache key hashes
 exactly the bytes the teacher is loaded from.
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from fastkd.cache import TeacherCache, cache_key
-from fastkd.cache.store import DamagedRows, human, row_bytes, stored_spec, view_fingerprint
+from fastkd.cache.fingerprint import view_fingerprint
+from fastkd.cache.store import DamagedRows, human, row_bytes, stored_spec
 from fastkd.errors import UserError
 
 from . import distributed

@@ -382,15 +382,6 @@ def _procs(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
-def _lost_peer(exc: BaseException) -> bool:
-    """A collective failed because another rank died or stopped answering (gloo raises plain RuntimeErrors)."""
-    import torch.distributed as dist
-
-    text = str(exc)
-    return isinstance(exc, dist.DistError) or any(s in text for s in ("Timed out", "Connection closed", "Connection reset",
-                                                                     "gloo", "NCCL"))
-
-
 @claims_run_folder  # rank 0 locks --out for the run; another run's files need --resume
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
     from fastkd.malloc import keep_freed_memory
@@ -407,7 +398,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         finally:
             trainer.close()
     except RuntimeError as exc:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not _lost_peer(exc):
+        if not distributed.lost_peer(exc):
             raise
         _log(f"fastkd: error: {distributed.lost_peer_message(exc)}")
         raise SystemExit(1) from None
