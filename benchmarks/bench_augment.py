@@ -48,8 +48,8 @@ from functools import partial
 import numpy as np
 import torch
 
+from fastkd.bench.loader import bench_script_main
 from fastkd.errors import UserError
-from fastkd.malloc import keep_freed_memory
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "augment.json")
 BASELINE = "dataloader"
@@ -156,11 +156,10 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
                       out_json=None, progress: bool = True, synthetic=None, command=None) -> dict:
     import torchvision
 
-    from fastkd.atomic import atomic_write_json
-    from fastkd.bench.loader import _consume, _extract_imagefolder, _measure
+    from fastkd.bench.loader import consume, extract_imagefolder, measure_round_robin, publish_result
     from fastkd.bench.machine import machine_info
     from fastkd.pipelines import Loader, open_converted
-    from fastkd.pipelines.views import ViewPolicy
+    from fastkd.pipelines.view_policy import ViewPolicy
 
     if epochs < 1 or warmup_epochs < 0:
         raise UserError("--epochs must be at least 1 and --warmup-epochs at least 0")
@@ -181,7 +180,7 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
     transform = baseline_transform(policy, conv.mean, conv.std, square, cfg)
 
     with tempfile.TemporaryDirectory(prefix="fastkd-bench-augment-") as tmp:
-        _extract_imagefolder(conv, split, tmp)
+        extract_imagefolder(conv, split, tmp)
 
         def build_baseline():
             ds = torchvision.datasets.ImageFolder(tmp, transform=transform)
@@ -189,24 +188,24 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
                 ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers, collate_fn=collate,
                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0,
                 generator=torch.Generator().manual_seed(seed))
-            return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
+            return dl, lambda dl, e: consume((x for x, _ in dl), dev)
 
         built = {}
 
         def build_fastkd(backend):
             built[backend] = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
                                     seed=seed, workers=workers, device=dev, **loader_kwargs)
-            return built[backend], lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
+            return built[backend], lambda ld, e: consume((b.images for b in ld.epoch(e)), dev)
 
         def build_no_views():
             if "memory" not in built:
                 raise RuntimeError("the memory row failed to build")
-            return built["memory"].backend, lambda bk, e: _consume((x for x, _, _ in bk.iter_epoch(e)), dev)
+            return built["memory"].backend, lambda bk, e: consume((x for x, _, _ in bk.iter_epoch(e)), dev)
 
         if progress:
             print(f"bench augment: {conv.split(split)['count']} images, res {res}, batch {batch_size}, "
                   f"workers {workers}, device {dev}", file=sys.stderr)
-        rows = _measure({BASELINE: build_baseline, "memory": partial(build_fastkd, "memory"),
+        rows = measure_round_robin({BASELINE: build_baseline, "memory": partial(build_fastkd, "memory"),
                          "torch": partial(build_fastkd, "torch"), "memory_no_views": build_no_views},
                         warmup_epochs, epochs, progress)
         built.clear()
@@ -246,15 +245,11 @@ def run_augment_bench(data: str, split: str = "train", batch_size: int = 256, wo
         "goal": {"memory_vs_dataloader": GOAL, "met": bool(ratio is not None and ratio >= GOAL)},
         "notes": notes,
     }
-    print(format_result(result))
-    if out_json:
-        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
-        atomic_write_json(out_json, result)
-    return result
+    return publish_result(result, format_result(result), out_json)
 
 
 def format_result(result: dict) -> str:
-    from fastkd.report import format_table
+    from fastkd.tables import format_table
 
     s, m = result["settings"], result["machine"]
     head = (f"{s['dataset']}/{s['split']} ({s['images']} images{', synthetic' if s['synthetic'] else ''}) "
@@ -290,44 +285,36 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--augment", help="erasing,cutout,mixup,cutmix (papers' settings) or a JSON AugmentConfig")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results path")
-    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (main process)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-    args = p.parse_args(argv)
-    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fastkd-synthetic-") as tmp:
-            data, synthetic, res = args.data, None, args.res
-            if data is None:
-                from fastkd.converters.convert import ConvertOptions, convert
+    return bench_script_main(p, argv, DEFAULT_OUT, partial(_run, argv=argv))
 
-                t0 = time.perf_counter()
-                make_synthetic(os.path.join(tmp, "images"), args.images)
-                data = os.path.join(tmp, "data")
-                convert("imagefolder", os.path.join(tmp, "images"), data,
-                        ConvertOptions(storage="raw", formats=("dali",), progress=False))
-                synthetic = {"images": args.images, "side": 32, "classes": 10, "storage": "raw (png)"}
-                res = res or 32
-                if not args.quiet:
-                    print(f"synthetic set: {args.images} images at 32x32, built and converted in "
-                          f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-            else:
-                from fastkd.pipelines import open_converted
 
-                res = res or open_converted(data).default_res
-            run_augment_bench(data, split=args.split, batch_size=args.batch_size, workers=args.workers, res=res,
-                              epochs=args.epochs, warmup_epochs=args.warmup_epochs, device=args.device,
-                              augment=args.augment, seed=args.seed, out_json=args.out,
-                              progress=not args.quiet, synthetic=synthetic,
-                              command=shlex.join(["python", "benchmarks/bench_augment.py",
-                                                  *(sys.argv[1:] if argv is None else argv)]))
-            print(f"wrote {args.out}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def _run(args, argv=None) -> None:
+    with tempfile.TemporaryDirectory(prefix="fastkd-synthetic-") as tmp:
+        data, synthetic, res = args.data, None, args.res
+        if data is None:
+            from fastkd.converters.convert import ConvertOptions, convert
+
+            t0 = time.perf_counter()
+            make_synthetic(os.path.join(tmp, "images"), args.images)
+            data = os.path.join(tmp, "data")
+            convert("imagefolder", os.path.join(tmp, "images"), data,
+                    ConvertOptions(storage="raw", formats=("dali",), progress=False))
+            synthetic = {"images": args.images, "side": 32, "classes": 10, "storage": "raw (png)"}
+            res = res or 32
+            if not args.quiet:
+                print(f"synthetic set: {args.images} images at 32x32, built and converted in "
+                      f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        else:
+            from fastkd.pipelines import open_converted
+
+            res = res or open_converted(data).default_res
+        run_augment_bench(data, split=args.split, batch_size=args.batch_size, workers=args.workers, res=res,
+                          epochs=args.epochs, warmup_epochs=args.warmup_epochs, device=args.device,
+                          augment=args.augment, seed=args.seed, out_json=args.out,
+                          progress=not args.quiet, synthetic=synthetic,
+                          command=shlex.join(["python", "benchmarks/bench_augment.py",
+                                              *(sys.argv[1:] if argv is None else argv)]))
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

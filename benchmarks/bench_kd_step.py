@@ -39,13 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_convert import build_tree  # noqa: E402
 
 from fastkd.atomic import atomic_write_json  # noqa: E402
-from fastkd.bench.loader import _extract_imagefolder, baseline_transform  # noqa: E402
+from fastkd.bench.loader import extract_imagefolder, baseline_transform  # noqa: E402
 from fastkd.bench.machine import machine_info  # noqa: E402
 from fastkd.converters.convert import ConvertOptions, convert  # noqa: E402
 from fastkd.malloc import keep_freed_memory  # noqa: E402
 from fastkd.models import create_model  # noqa: E402
 from fastkd.pipelines import Loader, open_converted  # noqa: E402
-from fastkd.report import format_table  # noqa: E402
+from fastkd.tables import format_table  # noqa: E402
 from fastkd.train.config import TrainConfig  # noqa: E402
 from fastkd.train.trainer import train  # noqa: E402
 
@@ -65,7 +65,7 @@ def plain_loop(data, student: str, res: int, epochs: int, batch_size: int, worke
 
     folder = os.path.join(tmp, "imagefolder")
     if not os.path.isdir(folder):
-        _extract_imagefolder(data, "train", folder)
+        extract_imagefolder(data, "train", folder)
     policy = Loader(data, "train", batch_size=batch_size, res=res, workers=0).policy
     ds = ImageFolder(folder, transform=baseline_transform(policy, data.mean, data.std))
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,

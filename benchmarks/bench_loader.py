@@ -13,11 +13,7 @@ import os
 import sys
 import tempfile
 
-import torch
-
-from fastkd.bench.loader import REFERENCES, run_loader_bench
-from fastkd.errors import UserError
-from fastkd.malloc import keep_freed_memory
+from fastkd.bench.loader import REFERENCES, bench_script_main, run_loader_bench
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "loader.json")
 
@@ -36,31 +32,23 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--warmup-epochs", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=DEFAULT_OUT, help="JSON results path")
-    p.add_argument("--torch-threads", type=int, help="torch.set_num_threads(N) first (intra-op threads of the main process)")
-    p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-    args = p.parse_args(argv)
-    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
-            data = args.data
-            if data is None:
-                from fastkd.bench.photos import converted_photo_set
+    return bench_script_main(p, argv, DEFAULT_OUT, _run)
 
-                data = converted_photo_set(tmp, args.photos, progress=not args.quiet)
-            for res in args.res:
-                out = args.out if len(args.res) == 1 else f"{os.path.splitext(args.out)[0]}_r{res}.json"
-                run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
-                                 workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
-                                 device=args.device, out_json=out, progress=not args.quiet,
-                                 references=tuple(args.references))
-                print(f"wrote {out}\n")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(args) -> None:
+    with tempfile.TemporaryDirectory(prefix="fastkd-photos-") as tmp:
+        data = args.data
+        if data is None:
+            from fastkd.bench.photos import converted_photo_set
+
+            data = converted_photo_set(tmp, args.photos, progress=not args.quiet)
+        for res in args.res:
+            out = args.out if len(args.res) == 1 else f"{os.path.splitext(args.out)[0]}_r{res}.json"
+            run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
+                             workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                             device=args.device, out_json=out, progress=not args.quiet,
+                             references=tuple(args.references))
+            print(f"wrote {out}\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from fastkd.atomic import atomic_write_json
 from fastkd.bench.machine import machine_info
 from fastkd.malloc import keep_freed_memory
 from fastkd.models import create_model
-from fastkd.report import format_table
+from fastkd.tables import format_table
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "memory_format.json")
 CASES = ["resnet32:32", "ResNet18:32", "ResNet18:112", "ResNet50:112", "shufflenet_v2_x1_0:32",

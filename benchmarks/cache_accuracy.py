@@ -15,11 +15,11 @@ import statistics
 from dataclasses import replace
 
 from fastkd.atomic import atomic_write_json
-from fastkd.cache.build import build_cache
+from fastkd.train.cache_fill import build_cache
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.malloc import keep_freed_memory
-from fastkd.report import format_table
-from fastkd.runs import run_or_reuse
+from fastkd.tables import format_table
+from fastkd.experiments.runs import run_or_reuse
 from fastkd.train.config import TrainConfig
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cache_accuracy.json")

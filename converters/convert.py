@@ -21,6 +21,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from fastkd import __version__
+from fastkd.log import log
 from fastkd.atomic import atomic_write_json
 from fastkd.converted import FORMAT, MANIFEST, SAMPLES, ShardReader, shard_name, write_manifest
 from fastkd.errors import UserError
@@ -135,7 +136,7 @@ def _prepare_partial(partial: str, fingerprint: dict, progress: bool) -> None:
             same = False
         if same:
             if progress:
-                print(f"resuming the interrupted conversion in {partial}", file=sys.stderr)
+                log(f"resuming the interrupted conversion in {partial}")
             for dirpath, _, names in os.walk(partial):  # what a killed writer left (atomic writes: *.tmp)
                 for name in names:
                     if name.endswith(".tmp"):
@@ -283,7 +284,7 @@ def convert(dataset: str, root: Optional[str], out: str, opts: ConvertOptions) -
     try:
         remove_owned(old, (), legacy=_only_conversion)
     except UserError as exc:  # someone put files in it meanwhile: they stay
-        print(f"warning: kept {old}: {exc}", file=sys.stderr)
+        log(f"warning: kept {old}: {exc}")
     return manifest
 
 

@@ -1,4 +1,5 @@
-"""Helpers for reading official layouts: locating the root, requiring files, array-backed samples."""
+"""Helpers for reading official layouts: locating the root, requiring files, array-backed samples, and the
+spec shared by the generic readers."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,15 @@ from typing import Callable, Iterable, Optional, Tuple
 import numpy as np
 
 from fastkd.errors import UserError
+
+from .spec import DatasetSpec
+
+
+def generic_spec(name: str, layout: str) -> DatasetSpec:
+    """The spec of a reader for any dataset in a generic layout (imagefolder, filelist): the classes (0 = any),
+    splits and sizes all come from the files; photos stored as JPEG, trained at 224 px by default."""
+    return DatasetSpec(name=name, num_classes=0, split_counts={}, resolution="any", storage="jpg", low_res=False,
+                       layout=layout, default_res=224, default_max_side=512)
 
 
 def require_root(root: Optional[str], dataset: str) -> str:

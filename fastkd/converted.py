@@ -13,7 +13,6 @@ and checks every sha256 (``fastkd verify DIR``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 
 from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
+from fastkd.hashing import sha256_file
 from fastkd.ownership import MARKER as OWNER_MARKER
 from fastkd.safe_paths import inside, plain_name, relative_path
 
@@ -38,16 +38,6 @@ SAMPLE_DTYPE = np.dtype(
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.tar"
-
-
-def sha256_file(path: str, chunk: int = 1 << 22, progress=None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-            if progress is not None:
-                progress.update(len(block))
-    return h.hexdigest()
 
 
 def _files(folder: str) -> List[Tuple[str, str]]:

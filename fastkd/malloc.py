@@ -6,7 +6,7 @@ above that size: a batch of 64 images at 224 px in float32 is 38 MiB, MobileNetV
 at 112 px are 77 MiB. Each one is then new memory that the kernel zeroes and maps page by page on first
 touch. Measured on the 2-core dev machine: normalising a 224 px batch took 16 ms, 10 of them page faults
 (a microbenchmark); a MobileNetV2 SGD step (batch 32) ran 1.33x faster at 112 px and 2.10x at 224 px with
-the memory kept (``benchmarks/bench_memory_format.py``, README).
+the memory kept (``benchmarks/bench_memory_format.py``, docs/memory-format.md).
 
 :func:`keep_freed_memory` sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` to 1 GiB with ``mallopt``,
 the tuning PyTorch's CPU performance guide gets from jemalloc or tcmalloc: allocations below 1 GiB

@@ -19,8 +19,9 @@ class Registry(Generic[T]):
     ... def build(): ...
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, name_attribute: str = ""):
         self.kind = kind
+        self.name_attribute = name_attribute  # set on each registered object to its canonical name
         self._items: Dict[str, T] = {}
         self._aliases: Dict[str, str] = {}
 
@@ -31,6 +32,8 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} {key!r} is registered twice")
                 self._aliases[key.lower()] = name
             self._items[name] = obj
+            if self.name_attribute:
+                setattr(obj, self.name_attribute, name)
             return obj
 
         return decorator

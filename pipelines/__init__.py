@@ -13,4 +13,4 @@ register_backend = BACKENDS.register
 
 import_modules(__name__, suffix="_backend")  # register; no heavy imports
 from .dataset import ConvertedData, open_converted  # noqa: E402,F401
-from .loader import Batch, Loader  # noqa: E402,F401
+from .loader import Batch, Loader, ViewParams  # noqa: E402,F401

@@ -1,8 +1,9 @@
 """Batch augmentation on the training device: random erasing, cutout, mixup, cutmix.
 
 Every random choice is a pure function of (seed, epoch, dataset index), drawn from the counter-based
-``views.uniforms`` on streams the crop/flip view does not use, and is returned in ``Batch.view`` so that
-a batch can be replayed exactly (same keys and meaning on every backend and batch size). The ops act on
+``view_policy.uniforms`` on streams the crop/flip view does not use, and is returned in ``Batch.view``
+(``loader.ViewParams``) so that a batch can be replayed exactly (same entries and meaning on every backend
+and batch size). The ops act on
 whole batches in vectorised tensor code (no per-sample Python loop); the host only draws the boxes,
 lambdas and keys (numpy, a few hundred values per sample).
 
@@ -45,11 +46,12 @@ import torch.nn.functional as F
 from scipy.special import betaincinv
 
 from fastkd.errors import UserError
+from fastkd.hashing import hash32
 
-from .views import uniforms
+from .view_policy import uniforms
 
 ERASING_STREAMS, CUTOUT_STREAMS, MIX_STREAMS = 100, 1000, 1010  # first uniforms stream of each op
-NONE, MIXUP, CUTMIX = 0, 1, 2  # view["mix_kind"]
+NONE, MIXUP, CUTMIX = 0, 1, 2  # ViewParams.mix_kind
 
 # The papers' values, used by AugmentConfig.paper().
 ERASING_P, ERASING_SCALE, ERASING_RATIO = 0.5, (0.02, 0.4), (0.3, 1 / 0.3)  # Zhong et al., CIFAR/ImageNet
@@ -218,23 +220,6 @@ def box_mask(box: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return box_inside(box, height, width, torch.uint8).bool()
 
 
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` for int64 ``x`` < 2**32, split in 16-bit halves so nothing overflows int64."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 (C. Wellons): a 32-bit integer hash, exact on every device."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
 _FILL_KEY = 0x5EED_F1_11  # the fill banks' fixed hash key
 _BANKS: Dict[str, torch.Tensor] = {}  # device -> the longest fill bank built there
 
@@ -247,7 +232,7 @@ def fill_bank(length: int, device) -> torch.Tensor:
     if cached is None or cached.shape[1] < length:
         counter = (torch.arange(2, device=dev, dtype=torch.int64).view(-1, 1) << 31) + torch.arange(
             length, device=dev, dtype=torch.int64)
-        cached = (_hash32(_hash32(counter ^ _FILL_KEY)) >> 24).to(torch.uint8)
+        cached = (hash32(hash32(counter ^ _FILL_KEY)) >> 24).to(torch.uint8)
         _BANKS[str(dev)] = cached
     return cached
 
@@ -326,7 +311,7 @@ def mix_targets(labels: torch.Tensor, partner_pos: torch.Tensor, lam: torch.Tens
 class Augmenter:
     """Applies an ``AugmentConfig`` to normalised batches; the Loader calls it with each batch's position
     ``start`` in the epoch order. Returns the images, the soft targets (None without mixing) and the view
-    entries (on the images' device)."""
+    entries (on the images' device) by their ``loader.ViewParams`` field names."""
 
     def __init__(self, cfg: AugmentConfig, seed: int, res: int, mean: torch.Tensor, std: torch.Tensor,
                  num_classes: int):

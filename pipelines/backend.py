@@ -15,6 +15,7 @@ from fastkd.threads import preserve_torch_threads
 from .dataset import ConvertedData
 
 RawBatch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 (N,S,S,3) or (N,res,res,3), int64 (N,) x 2
+IndexBatch = Tuple[torch.Tensor, torch.Tensor, np.ndarray]  # labels, index on the device, the same index on the host
 
 
 @dataclass
@@ -27,22 +28,22 @@ class BackendConfig:
     device: torch.device
     order: Callable[[int], np.ndarray]  # epoch -> dataset indices this rank visits, in order
     drop_last: bool
-    pad: int = 0  # the Loader's pad-and-crop padding (0: none); a backend that cuts views itself may use it
-    policy: Optional[object] = None  # the Loader's ViewPolicy; rrc: backends cut its boxes (views.py) while decoding
+    pad: int = 0  # the Loader's pad-and-crop padding (0: none); a backend may cut those views itself (cuts_pad_crop)
+    policy: Optional[object] = None  # the Loader's ViewPolicy; rrc: backends cut its boxes (view_policy.py) while decoding
     seed: int = 0  # the views' seed (boxes are a pure function of seed, epoch, index, stored size)
 
 
 class Backend:
     """Decodes samples to uint8 on ``device``: for an ``rrc`` policy each sample's view (``decode.view_boxes``:
     box resized to ``res x res``, then flipped); otherwise ``S x S`` base squares (shorter side to S,
-    centre square) for the Loader's pad-and-crop."""
+    centre square) for the Loader's pad-and-crop.
+
+    What the Loader asks of a backend: :meth:`iter_epoch`, always; and, where :meth:`cuts_pad_crop` says the
+    backend cuts pad-and-crop views itself, :meth:`index_batches` and :meth:`crop` instead of it."""
 
     reads: str = ""  # the converted format it opens: "ffcv" (the .beton files) or "dali" (the shards); required
     package: str = ""  # import name needed
     extra: str = ""  # pip extra that installs it
-    # > 0: the backend cuts the Loader's pad-and-crop views itself, for pads up to this, with
-    # ``index_batches(epoch)`` -> (labels, index, host index) and ``crop(index, offset, flip)`` (memory backend)
-    pad: int = 0
 
     def __init__(self, cfg: BackendConfig):
         self.cfg = cfg
@@ -73,8 +74,37 @@ class Backend:
         cut): part of a teacher cache's key, since another path may give other pixels."""
         return type(self).__name__
 
+    @property
+    def hold(self) -> Optional[str]:
+        """How a backend that holds the split in memory holds it (part of a teacher cache's key, since another
+        tier may give other pixels); None: it holds nothing."""
+        return None
+
     def iter_epoch(self, epoch: int) -> Iterator[RawBatch]:
+        """``(uint8 images, int64 labels, int64 index)`` on ``cfg.device`` per batch of ``cfg.order(epoch)``
+        (``cfg.batch_size`` samples, the last one short unless ``cfg.drop_last``): (N, res, res, 3) views for an
+        ``rrc`` policy, else (N, S, S, 3) base squares. The Loader is done with a batch's images before it asks
+        for the next (a backend may reuse its buffers)."""
         raise NotImplementedError
+
+    def cuts_pad_crop(self, pad: int) -> bool:
+        """Whether this backend cuts the Loader's pad-and-crop views for a padding of ``pad`` px itself, with
+        :meth:`index_batches` and :meth:`crop`. Default: no, the Loader cuts them from :meth:`iter_epoch`'s base
+        squares."""
+        return False
+
+    def index_batches(self, epoch: int) -> Iterator[IndexBatch]:
+        """``(labels, index on the device, the same index on the host)`` per batch of the epoch, as
+        :meth:`iter_epoch` but without pixels: the Loader then cuts each batch's views with :meth:`crop`.
+        Only for a backend whose :meth:`cuts_pad_crop` is True."""
+        raise NotImplementedError(f"{type(self).__name__} does not cut pad-and-crop views itself")
+
+    def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) on the device: the base squares of samples ``index`` (on the device) cropped at
+        integer ``offset`` (B, 2) ``(dx, dy)`` in [-pad, pad] (the pad-and-crop box's corner, zero fill outside
+        the image) and mirrored where ``flip`` (B,): exactly :func:`view_policy.pad_crop_flip` of them. Only
+        for a backend whose :meth:`cuts_pad_crop` is True."""
+        raise NotImplementedError(f"{type(self).__name__} does not cut pad-and-crop views itself")
 
 
 def worker_batches(loader: torch.utils.data.DataLoader):

@@ -56,7 +56,8 @@ class _Feeder:
         return first_failure(self.reader, (i for b in self.batches[: self.fed] for i in b))
 
 
-def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A DALI TensorList (one dense batch) copied into a new torch tensor on ``device``."""
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
     dense = tensor_list.as_tensor()
@@ -128,4 +129,4 @@ class DALIBackend(Backend):
                 if bad is None:
                     raise
                 raise failure(self.feeder.reader, self.cfg.split, *bad) from exc
-            yield _to_torch(images, dev), _to_torch(labels, dev), _to_torch(index, dev)
+            yield to_torch(images, dev), to_torch(labels, dev), to_torch(index, dev)

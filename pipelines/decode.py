@@ -180,10 +180,10 @@ def _cut_whole_pixels(data: bytes, x0: int, y0: int, bw: int, bh: int, flip: boo
 
 
 def _resize_crop(crop: np.ndarray, flip: bool, out: int) -> np.ndarray:
-    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` through :func:`device_views.resize_hwc`."""
+    """uint8 (out, out, 3): uint8 (h, w, 3) ``crop`` through :func:`resize.resize_hwc`."""
     import torch
 
-    from .device_views import resize_hwc
+    from .resize import resize_hwc
 
     return np.ascontiguousarray(resize_hwc(torch.from_numpy(crop), out, flip).numpy())
 

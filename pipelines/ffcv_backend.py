@@ -1,5 +1,5 @@
 """FFCV backend: reads ``ffcv/<split>.beton``; decoding runs in FFCV's compiled pipeline: each view
-box cut while decoding by fastkd's own decoder (``ffcv_views.py``) for RandomResizedCrop/centre views,
+box cut while decoding by fastkd's own decoder (``ffcv_decoder.py``) for RandomResizedCrop/centre views,
 FFCV's centre-square decoder for pad-and-crop base images; in fastkd's epoch order (a custom TraversalOrder), so it yields the same samples as the
 other backends. One FFCV Loader is built per backend and reused every epoch: its numba compilation
 (10-15 s on a CPU) is paid once."""
@@ -15,7 +15,7 @@ from fastkd.threads import preserve_torch_threads
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch
 from .decode import failure, stored_sizes, view_boxes
-from .ffcv_views import view_decoder, window
+from .ffcv_decoder import view_decoder, window
 
 
 def _order_class():

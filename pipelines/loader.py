@@ -1,9 +1,9 @@
 """The loader the trainer uses: a backend's uint8 base images -> augmented, normalised ``Batch``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from .backend import BackendConfig
 from .dataset import ConvertedData, open_converted
 from .order import epoch_order, num_batches
 from .decode import stored_sizes
-from .views import ViewPolicy, pad_crop_flip
+from .view_policy import ViewPolicy, pad_crop_flip
 
 
 class _SkippingOrder:
@@ -33,17 +33,83 @@ class _SkippingOrder:
 
 
 @dataclass
+class ViewParams:
+    """How each sample of a batch was viewed, on the training device: enough to replay the batch exactly (every
+    entry is a function of seed, epoch, dataset index and position in the epoch order). ``box`` and ``flip``
+    are always set; an augmentation's entries (``augment.py``) are set when it is on, else None."""
+
+    box: torch.Tensor
+    """float32 (N, 4) ``(x0, y0, w, h)`` of the crop: in stored-image pixels for RandomResizedCrop and centre
+    views; in base-square pixels for pad-and-crop (``x0, y0``: whole-pixel offsets in [-pad, pad])."""
+    flip: torch.Tensor
+    """bool (N,): mirrored left-right."""
+    mix_partner: Optional[torch.Tensor] = None
+    """int64 (N,), mixup/cutmix: dataset index of the sample mixed in (its own: not paired)."""
+    mix_lam: Optional[torch.Tensor] = None
+    """float32 (N,), mixup/cutmix: weight of the sample's own image and label (1: not mixed)."""
+    mix_kind: Optional[torch.Tensor] = None
+    """uint8 (N,), mixup/cutmix: ``augment.NONE``, ``MIXUP`` or ``CUTMIX``."""
+    mix_box: Optional[torch.Tensor] = None
+    """int64 (N, 4), mixup/cutmix: ``(x0, y0, w, h)`` in output pixels of the partner's pasted box (0: no cutmix)."""
+    erase_box: Optional[torch.Tensor] = None
+    """int64 (N, 4), random erasing: ``(x0, y0, w, h)`` in output pixels of the erased box (w = h = 0: none)."""
+    erase_key: Optional[torch.Tensor] = None
+    """int64 (N,), random erasing: the 53-bit key of the box's random fill (``augment.fill_values``)."""
+    cutout_box: Optional[torch.Tensor] = None
+    """int64 (N, 4), cutout: ``(x0, y0, w, h)`` in output pixels of the zeroed square, clipped (w = h = 0: none)."""
+
+    def entries(self) -> Dict[str, torch.Tensor]:
+        """The set entries by name, in declaration order: box, flip, then the augmentations'."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
 class Batch:
-    images: torch.Tensor  # float32 (N, 3, res, res), normalised, on the training device; channels-last strides
-    # unless the Loader was built with channels_last=False
-    labels: torch.Tensor  # int64 (N,)
-    index: torch.Tensor  # int64 (N,) dataset index of each sample in its split
-    view: Dict[str, torch.Tensor]  # per-sample view parameters: box (N, 4) (x0, y0, w, h) in stored-image pixels
-    # (pad-and-crop: base pixels), flip (N,), and the augmentation's entries (augment.py): mix_partner, mix_lam,
-    # mix_kind, mix_box; erase_box, erase_key; cutout_box
+    """One batch of :meth:`Loader.epoch`: the model's input, its labels, and where and how each sample was viewed."""
+
+    images: torch.Tensor
+    """float32 (N, 3, res, res), normalised, on the training device; channels-last strides unless the Loader
+    was built with ``channels_last=False``."""
+    labels: torch.Tensor
+    """int64 (N,) class labels, on the training device."""
+    index: torch.Tensor
+    """int64 (N,) dataset index of each sample in its split, on the host (CPU): the teacher cache's rows with
+    no device-to-host copy; :meth:`index_on` copies it to a device (CRD's memory banks)."""
+    view: ViewParams
+    """The crop, flip and augmentation parameters of each sample."""
     epoch: int
-    host_index: np.ndarray  # ``index`` on the host (the cache's rows; no device-to-host copy)
-    targets: Optional[torch.Tensor] = None  # float32 (N, num_classes) soft targets when mixup/cutmix is on
+    """The epoch the batch belongs to."""
+    targets: Optional[torch.Tensor] = None
+    """float32 (N, num_classes) soft targets when mixup/cutmix is on; None: ``labels`` are the targets."""
+
+    def index_on(self, device) -> torch.Tensor:
+        """``index`` on ``device``: an asynchronous host-to-device copy (no sync)."""
+        return self.index.to(device, non_blocking=True)
+
+
+ViewBatch = Tuple[torch.Tensor, torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]
+# one image path's batch: normalised float32 (N, 3, res, res) views, labels, host index, crop box, flip
+
+
+def normalise_nhwc(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   rows: Optional[Dict[int, tuple]] = None) -> torch.Tensor:
+    """float32 (N, H, W, 3) normalised copy of uint8 NHWC ``images``: ``(x - mean) / std`` (``mean``, ``std``:
+    (1, 3, 1, 1) on the 0..255 scale) along each image row with the channels' constants repeated W times, which
+    vectorises (broadcasting a size-3 channel dimension does not: 8x slower at 224 px); the same float
+    operations as on NCHW, so the same bits. ``rows``: a cache of the repeated constants by width W."""
+    n, h, w, c = images.shape
+    row = rows.get(w) if rows is not None else None
+    if row is None:
+        row = (mean.view(c).repeat(w), std.view(c).repeat(w))
+        if rows is not None:
+            rows[w] = row
+    row_mean, row_std = row
+    return images.reshape(n * h, w * c).float().sub_(row_mean).div_(row_std).view(n, h, w, c)
+
+
+def _host_index(index: torch.Tensor) -> np.ndarray:
+    """A backend's int64 index tensor as the batch's own host array (a backend may reuse its buffers)."""
+    return index.to("cpu", copy=True).numpy()
 
 
 def _check_stored_sizes(table, root: str, split: str) -> None:
@@ -64,7 +130,7 @@ class Loader:
     """Iterate ``loader.epoch(e)`` for the batches of epoch ``e``; the backend is built once and reused.
 
     ``res`` is the side the model sees; the policy (pad-and-crop for res <= 64, RandomResizedCrop
-    above) and the base decode size follow from it (see ``views.py``); ``views=False`` trains on centre
+    above) and the base decode size follow from it (see ``view_policy.py``); ``views=False`` trains on centre
     views (no crop/flip: the "no data augmentation" baseline). ``augment`` (training only) adds
     mixup/cutmix, random erasing and cutout after normalisation (see ``augment.py``); mixing pairs positions
     2k and 2k+1 of the epoch order and needs an even ``batch_size``. ``channels_last`` (the default, as in
@@ -115,54 +181,67 @@ class Loader:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
     def views_of(self, epoch: int, idx) -> Dict[str, np.ndarray]:
-        """The crop box and flip of samples ``idx`` in ``epoch`` (what ``Batch.view`` reports): a pure
+        """The crop ``box`` and ``flip`` of samples ``idx`` in ``epoch`` (host arrays of ``Batch.view``'s): a pure
         function of (seed, epoch, index) and, for RandomResizedCrop, each image's stored size."""
         sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
         return self.policy.sample(self.seed, epoch, idx, sizes)
 
-    def _raw(self, epoch: int) -> Iterator[tuple]:
-        """``(uint8 images or None, labels, index, index as a host array)`` per batch: (N, res, res, 3) views
-        (cut and flipped while decoding) for rrc, (N, S, S, 3) base squares for pad-and-crop; None: the backend cuts the pad-and-crop
-        views itself (the memory backend's single gather)."""
-        if self.policy.kind == "pad_crop" and self.backend.pad >= self.policy.pad:
-            for labels, index, idx in self.backend.index_batches(epoch):
-                yield None, labels, index, idx
-            return
-        for images, labels, index in self.backend.iter_epoch(epoch):
-            yield images, labels, index, index.cpu().numpy()
+    def _crop_flip(self, epoch: int, idx: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+        """float32 box (N, 4) and bool flip (N,), on the host, of :meth:`views_of`."""
+        view = self.views_of(epoch, idx)
+        return torch.from_numpy(view["box"]).float(), torch.from_numpy(view["flip"])
 
-    def _normalise_nhwc(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 (N, H, W, 3) normalised copy of uint8 NHWC ``images``: ``(x - mean) / std`` along each image
-        row with the channels' constants repeated W times, which vectorises (broadcasting a size-3 channel
-        dimension does not: 8x slower at 224 px); the same float operations as on NCHW, so the same bits."""
-        n, h, w, c = images.shape
-        if w not in self._rows:
-            self._rows[w] = (self._mean.view(c).repeat(w), self._std.view(c).repeat(w))
-        mean, std = self._rows[w]
-        return images.reshape(n * h, w * c).float().sub_(mean).div_(std).view(n, h, w, c)
+    def _normalise_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` in place: ``x`` is this batch's own float32 (N, 3, S, S) copy."""
+        return x.sub_(self._mean).div_(self._std)
+
+    def _image_path(self, epoch: int) -> Iterator[ViewBatch]:
+        """The batches of this Loader's view policy, through the one image path that cuts its views."""
+        if self.policy.kind == "pad_crop" and self.backend.cuts_pad_crop(self.policy.pad):
+            return self._held_pad_crop_batches(epoch)
+        if self.policy.kind == "pad_crop" and self.policy.train:
+            return self._pad_crop_batches(epoch)
+        return self._decoded_view_batches(epoch)
+
+    def _held_pad_crop_batches(self, epoch: int) -> Iterator[ViewBatch]:
+        """Pad-and-crop views (training and evaluation) that the backend cuts itself: one gather per batch
+        from its held, zero-padded split (the memory backend); no pixels cross from the host."""
+        for labels, index, idx in self.backend.index_batches(epoch):
+            box, flip = self._crop_flip(epoch, idx)
+            x = self.backend.crop(index, box[:, :2].long(), flip).float()
+            yield self._normalise_nchw(x), labels, idx, box, flip
+
+    def _pad_crop_batches(self, epoch: int) -> Iterator[ViewBatch]:
+        """Pad-and-crop training views (res <= 64) cut here from the backend's uint8 (N, S, S, 3) base squares:
+        an exact integer gather (:func:`view_policy.pad_crop_flip`)."""
+        for images, labels, index in self.backend.iter_epoch(epoch):
+            idx = _host_index(index)
+            box, flip = self._crop_flip(epoch, idx)
+            x = pad_crop_flip(images, box, flip, self.policy.pad)
+            yield self._normalise_nchw(x), labels, idx, box, flip
+
+    def _decoded_view_batches(self, epoch: int) -> Iterator[ViewBatch]:
+        """Views the backend delivers finished, uint8 (N, res, res, 3): RandomResizedCrop (training) and centre
+        (evaluation) views cut and flipped while decoding; pad-and-crop's evaluation views, the base squares
+        themselves. Normalised where they lie: the NHWC views seen as NCHW, no transpose."""
+        for images, labels, index in self.backend.iter_epoch(epoch):
+            idx = _host_index(index)
+            box, flip = self._crop_flip(epoch, idx)
+            x = normalise_nhwc(images, self._mean, self._std, self._rows).permute(0, 3, 1, 2)
+            yield x, labels, idx, box, flip
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """The batches of ``epoch`` from batch ``start`` on: exactly the tail of the full epoch, since views
         and augmentations are functions of (seed, epoch, index, position) (a resumed checkpoint)."""
         if not 0 <= start <= len(self):
             raise ValueError(f"start batch {start} outside the epoch's {len(self)} batches")
-        start *= self.batch_size  # position of the batch in the epoch order
-        self._backend_order.skip = (epoch, start)
-        for images, labels, index, idx in self._raw(epoch):
-            view = self.views_of(epoch, idx)
-            box = torch.from_numpy(view["box"]).float()
-            flip = torch.from_numpy(view["flip"])
-            if images is not None and not (self.policy.train and self.policy.kind == "pad_crop"):
-                x = self._normalise_nhwc(images).permute(0, 3, 1, 2)  # NHWC views seen as NCHW: no transpose
-            else:  # pad-and-crop: the backend's single gather from its held split, else an exact integer gather
-                x = (self.backend.crop(index, box[:, :2].long(), flip).float() if images is None
-                     else pad_crop_flip(images, box, flip, self.policy.pad))
-                x = x.sub_(self._mean).div_(self._std)  # in place: x is this batch's own float copy
-            views = {"box": box.to(self.device), "flip": flip.to(self.device)}
-            targets = None
+        position = start * self.batch_size  # of the batch in the epoch order
+        self._backend_order.skip = (epoch, position)
+        for x, labels, idx, box, flip in self._image_path(epoch):
+            targets, augmented = None, {}
             if self._augmenter is not None:
-                x, targets, extra = self._augmenter(x, labels, idx, start, epoch, inplace=True)
-                views.update(extra)
-            start += len(idx)
-            yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), index.clone(), views, epoch,
-                        idx, targets)
+                x, targets, augmented = self._augmenter(x, labels, idx, position, epoch, inplace=True)
+            view = ViewParams(box.to(self.device), flip.to(self.device), **augmented)
+            position += len(idx)
+            yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), torch.from_numpy(idx), view,
+                        epoch, targets)

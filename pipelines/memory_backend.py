@@ -1,7 +1,7 @@
 """Memory backend: the whole split, decoded once, as one uint8 tensor on the training device.
 
 (Photos with RandomResizedCrop views: held whole, at their stored size when the split fits the limit, else
-at a capped side, ``memory_views.py``.)
+at a capped side, ``held_photos.py``.)
 
 For small images (CIFAR, MNIST, ImageNet32, Tiny-ImageNet) decoding is the whole cost of a loader, and
 the decoded split is small (CIFAR-10 train at 32: 50,000 x 32 x 32 x 3 = 147 MiB). This backend decodes
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from typing import Iterator, Optional
 
@@ -33,23 +32,17 @@ import numpy as np
 import torch
 
 from fastkd.errors import UserError
+from fastkd.log import log
+from fastkd.sizes import format_bytes
 
 from . import register_backend
-from .backend import Backend, BackendConfig, RawBatch, worker_batches
+from .backend import Backend, BackendConfig, IndexBatch, RawBatch, worker_batches
 from .order import num_batches
 
 ENV_LIMIT = "FASTKD_MEMORY_LIMIT"
 CUDA_DEFAULT_LIMIT = 8 << 30
 HOST_FRACTION = 0.8  # of the available RAM
 DECODE_CHUNK = 256  # samples per decode task
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # unreachable
 
 
 def parse_bytes(text: str) -> int:
@@ -104,6 +97,7 @@ class MemoryBackend(Backend):
 
     reads = "dali"  # the shards
     limit_bytes: Optional[int] = None  # None: FASTKD_MEMORY_LIMIT, else the device's default (see module doc)
+    pad: int = 0  # the zero padding the held split carries: pad-and-crop views are cut here for pads up to it
 
     def __init__(self, cfg: BackendConfig):
         super().__init__(cfg)
@@ -146,14 +140,14 @@ class MemoryBackend(Backend):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         self.decode_s = time.perf_counter() - t0
-        print(f"memory backend: {n} {cfg.split} images decoded at {side}x{side} into {format_bytes(self.nbytes)} "
-              f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+        log(f"memory backend: {n} {cfg.split} images decoded at {side}x{side} into {format_bytes(self.nbytes)} "
+            f"on {dev} in {self.decode_s:.2f} s ({cfg.workers} workers)")
 
     def _hold_photos(self, reader, t0: float) -> None:
         """Photos whole at their stored size when the split fits the limit (views then exactly the torch
         backend's boxes, on the same pixels), else with the shorter side capped at the policy's base."""
         from .decode import failure
-        from .memory_views import HeldPhotos
+        from .held_photos import HeldPhotos
 
         cfg, n = self.cfg, len(reader)
         limit, why = memory_limit(cfg.device, self.limit_bytes)
@@ -170,8 +164,8 @@ class MemoryBackend(Backend):
         self.held.decode(cfg.workers, lambda i, reason: failure(reader, cfg.split, i, reason))
         self.decode_s = time.perf_counter() - t0
         size = "at their stored size" if self.held.short is None else f"with the shorter side <= {cfg.policy.base}"
-        print(f"memory backend: {n} {cfg.split} photos decoded whole {size} into {format_bytes(self.nbytes)} on "
-              f"{cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)", file=sys.stderr, flush=True)
+        log(f"memory backend: {n} {cfg.split} photos decoded whole {size} into {format_bytes(self.nbytes)} on "
+            f"{cfg.device} in {self.decode_s:.2f} s ({cfg.workers} workers)")
 
     @property
     def hold(self) -> str:
@@ -189,10 +183,14 @@ class MemoryBackend(Backend):
         cut = "uint8 resize on cpu" if self.cfg.device.type == "cpu" else f"roi_align on {self.cfg.device.type}"
         return f"PIL-decoded held photos + {cut}"
 
+    def cuts_pad_crop(self, pad: int) -> bool:
+        """Yes, for pads up to the held split's zero padding (:meth:`crop`, a single gather)."""
+        return 0 < pad <= self.pad
+
     def crop(self, index: torch.Tensor, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, S, S): the images ``index`` (on the device) cropped at integer ``offset`` (B, 2)
         ``(dx, dy)`` in [-pad, pad] (the pad-and-crop box's corner, zero fill outside the image) and
-        mirrored where ``flip``: exactly :func:`views.pad_crop_flip`, as one gather from the held split."""
+        mirrored where ``flip``: exactly :func:`view_policy.pad_crop_flip`, as one gather from the held split."""
         if self._windows is None:
             raise RuntimeError("MemoryBackend.crop needs BackendConfig.pad > 0")
         dev, p = self.cfg.device, self.pad
@@ -204,7 +202,7 @@ class MemoryBackend(Backend):
         out[flip] = out[flip].flip(3)
         return out
 
-    def index_batches(self, epoch: int) -> Iterator[tuple]:
+    def index_batches(self, epoch: int) -> Iterator[IndexBatch]:
         """``(labels, index on the device, index as a host array)`` of each batch of the epoch, no pixels:
         the Loader cuts the views with :meth:`crop`. The host copy avoids a device sync per batch."""
         order = self.cfg.order(epoch)
@@ -221,14 +219,14 @@ class MemoryBackend(Backend):
         """Fills ``out`` (N, S, S, 3) with every sample's base image, ``workers`` processes in parallel; a
         sample that does not decode stops it with a UserError naming the sample."""
         from .decode import failure
-        from .torch_backend import _Samples
+        from .torch_backend import Samples
 
-        def collate(items):  # _Samples items: (image or None, label, index, decode error or None)
+        def collate(items):  # Samples items: (image or None, label, index, decode error or None)
             bad = next(((it[2], it[3]) for it in items if it[3] is not None), None)
             return (None if bad else np.stack([it[0] for it in items])), items[0][2], bad
 
         side = out.shape[1]
-        loader = torch.utils.data.DataLoader(_Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
+        loader = torch.utils.data.DataLoader(Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
                                              num_workers=workers, collate_fn=collate)
         done, cuda = 0, out.device.type == "cuda"
         for images, start, bad in worker_batches(loader):  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)

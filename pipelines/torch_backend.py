@@ -12,11 +12,11 @@ import torch
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch, worker_batches
 from .decode import DecodeError, base_image, cut_view, failure, first_failure, view_boxes
-from .device_views import cut_views
+from .resize import cut_views
 from .order import batches, num_batches
 
 
-class _Samples(torch.utils.data.Dataset):
+class Samples(torch.utils.data.Dataset):
     """Item ``(i, box)``: sample i's view cut while decoding (``box`` in stored pixels), or its base
     square when ``box`` is None (pad-and-crop). A decode failure comes back as its reason (raised by the
     main process, naming the sample), never as a worker traceback."""
@@ -38,7 +38,7 @@ class _Samples(torch.utils.data.Dataset):
         return image, label, i, None
 
 
-class _Encoded(_Samples):
+class _Encoded(Samples):
     """Item ``(i, box)``: sample i's stored bytes, label, index and box, for decoding on the device."""
 
     def __getitem__(self, item):
@@ -94,7 +94,7 @@ def _collate(items):
 class TorchBackend(Backend):
     """With ``--device cuda`` (RRC/centre views of JPEGs), workers only read the bytes: each batch is
     decoded whole on the GPU (``torchvision.io.decode_jpeg``, nvJPEG) and its boxes cut there
-    (``device_views.cut_views``). ``on_device`` forces that path on or off (True on a CPU runs the same
+    (``resize.cut_views``). ``on_device`` forces that path on or off (True on a CPU runs the same
     code with torchvision's CPU decoder: how the tests check it without a GPU)."""
 
     reads = "dali"  # the shards, decoded with PIL in DataLoader workers
@@ -108,7 +108,7 @@ class TorchBackend(Backend):
         self.out = cfg.policy.out if cfg.policy is not None else cfg.base
         rrc = cfg.policy is not None and cfg.policy.kind == "rrc" and cfg.data.storage == "jpg"
         self.device_decode = rrc and (cfg.device.type == "cuda" if self.on_device is None else self.on_device)
-        dataset = (_Encoded if self.device_decode else _Samples)(reader, cfg.base, self.out)
+        dataset = (_Encoded if self.device_decode else Samples)(reader, cfg.base, self.out)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=self.sampler, num_workers=cfg.workers,
             collate_fn=_collate_encoded if self.device_decode else _collate,

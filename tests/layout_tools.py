@@ -5,7 +5,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -36,6 +36,25 @@ def decoded_split(out: str, split: str) -> Dict[str, np.ndarray]:
     shards = [s.rsplit("/", 1)[1] for s in manifest["splits"][split]["dali"]["shards"]]
     reader = ShardReader(os.path.join(out, "dali", split), shards)
     return {"labels": reader.table["label"].copy(), "images": [decode_bytes(reader.payload(i)) for i in range(len(reader))]}
+
+
+def convert_once(tmp_path_factory, dataset: str, root, **options) -> Tuple[str, dict]:
+    """(output folder, manifest) of ``dataset`` converted from ``root`` into a fresh temp folder, once per
+    test module (a module-scoped fixture's body); ``options`` go to ``ConvertOptions(progress=False, ...)``."""
+    from fastkd.converters.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp(f"{dataset}-out") / "data"
+    return str(out), convert(dataset, str(root), str(out), ConvertOptions(progress=False, **options))
+
+
+def check_split(out: str, manifest: dict, split: str, labels: Sequence[int], images: Iterable[np.ndarray],
+                exact: bool) -> None:
+    """The converted ``split`` holds ``labels`` and, decoded, ``images`` (RGB arrays), in this order."""
+    assert manifest["splits"][split]["count"] == len(labels)
+    got = decoded_split(out, split)
+    assert got["labels"].tolist() == np.asarray(labels).tolist()
+    for image, want in zip(got["images"], images):
+        assert_pixels_close(image, want, exact=exact)
 
 
 def assert_pixels_close(got: np.ndarray, want: np.ndarray, exact: bool) -> None:

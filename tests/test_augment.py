@@ -177,7 +177,7 @@ def _collect(loader: Loader, epoch: int) -> dict:
     out = {"sizes": []}
     for b in loader.epoch(epoch):
         out["sizes"].append(len(b.labels))
-        items = {"images": b.images, "labels": b.labels, "index": b.index, **b.view}
+        items = {"images": b.images, "labels": b.labels, "index": b.index, **b.view.entries()}
         if b.targets is not None:
             items["targets"] = b.targets
         for k, v in items.items():
@@ -278,7 +278,7 @@ def test_config_checks():
 
 
 def test_uniform_streams_do_not_overlap():
-    from fastkd.pipelines.views import uniforms
+    from fastkd.pipelines.view_policy import uniforms
 
     index = np.arange(50)
     full = uniforms(3, 2, index, 1015)

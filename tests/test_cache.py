@@ -29,7 +29,7 @@ def _cfg(data, out, teacher_weights, **kw):
 
 def _fit(cfg):
     trainer = Trainer(cfg)
-    mode = trainer.t_signals.mode
+    mode = trainer.teacher_source.mode
     try:
         trainer.fit()
     finally:
@@ -51,7 +51,7 @@ def test_cached_float32_run_is_bit_identical_to_online(orl_data, teacher_weights
     assert (online_mode, fill_mode) == ("online", "filling")
     trainer = Trainer(_cfg(orl_data, root / "read", teacher_weights, teacher_cache=str(root / "cache"),
                            cache_dtype="float32"))
-    assert trainer.t_signals.mode == "cached"
+    assert trainer.teacher_source.mode == "cached"
     assert next(trainer.teacher.parameters()).is_meta  # the teacher was never loaded
     trainer.fit()
     trainer.close()
@@ -194,7 +194,7 @@ def test_cache_build_fills_what_train_reads_and_info_reports(orl_data, teacher_w
           "--batch-size", "160"])
     assert "1/1 epochs filled (320 views each)" in capsys.readouterr().out
     trainer = Trainer(_cfg(orl_data, tmp_path / "run", teacher_weights, method="kd", teacher_cache=cache))
-    assert trainer.t_signals.mode == "cached"  # the key of `cache build` is the training run's
+    assert trainer.teacher_source.mode == "cached"  # the key of `cache build` is the training run's
     trainer.close()
     main(["cache", "info", cache])
     assert "signal logits: float16 [40] (computed in float32), 320/320 views written" in capsys.readouterr().out

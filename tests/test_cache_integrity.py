@@ -83,14 +83,14 @@ def test_key_names_decode_path_device_and_derived_view_version(orl_data, make_lo
     memory = make_loader(orl_data, "train", backend="memory", res=72, workers=0, batch_size=32)
     assert (memory.backend.decode_path, memory.backend.hold) == ("PIL-decoded held photos + uint8 resize on cpu", "whole")
     # derived, not declared: a view function that gives other pixels gives another version
-    from fastkd.pipelines import views
+    from fastkd.pipelines import view_policy
 
-    real = views.pad_crop_flip
-    monkeypatch.setattr(views, "pad_crop_flip", lambda *a: real(*a).add_(1))
+    real = view_policy.pad_crop_flip
+    monkeypatch.setattr(view_policy, "pad_crop_flip", lambda *a: real(*a).add_(1))
     key_mod.view_code_version.cache_clear()
     try:
         assert key_mod.view_code_version() != version
-        monkeypatch.setattr(views, "pad_crop_flip", real)
+        monkeypatch.setattr(view_policy, "pad_crop_flip", real)
         key_mod.view_code_version.cache_clear()
         assert key_mod.view_code_version() == version
     finally:

@@ -10,7 +10,7 @@ import pytest
 from fastkd.converters import DATASETS
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.errors import UserError
-from layout_tools import assert_pixels_close, check_ffcv, decoded_split, train_one_epoch
+from layout_tools import check_ffcv, check_split, convert_once, train_one_epoch
 
 FINE = ["apple", "aquarium_fish", "baby", "bear", "beaver"]
 COARSE = ["fruit_and_vegetables", "fish", "people", "large_carnivores", "aquatic_mammals"]
@@ -43,9 +43,7 @@ def fake_cifar(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(fake_cifar, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cifar-out") / "data"
-    manifest = convert("cifar100", str(fake_cifar[0]), str(out), ConvertOptions(progress=False, per_shard=8))
-    return str(out), manifest
+    return convert_once(tmp_path_factory, "cifar100", fake_cifar[0], per_shard=8)
 
 
 def _planar_pixel_image(row: np.ndarray) -> np.ndarray:
@@ -68,10 +66,7 @@ def test_conversion_labels_classes_and_pixels(fake_cifar, converted):
     for split, (data, fine) in truth.items():
         assert manifest["splits"][split]["count"] == COUNTS[split]
         assert manifest["splits"][split]["fixed_size"] == [32, 32]
-        got = decoded_split(out, split)
-        assert got["labels"].tolist() == fine
-        for i, image in enumerate(got["images"]):
-            assert_pixels_close(image, _planar_pixel_image(data[i]), exact=True)
+        check_split(out, manifest, split, fine, (_planar_pixel_image(row) for row in data), exact=True)
     check_ffcv(out, ["train", "test"])
 
 

@@ -12,7 +12,7 @@ import pytest
 from fastkd.converters import DATASETS
 from fastkd.converters.convert import ConvertOptions, convert
 from fastkd.errors import UserError
-from layout_tools import assert_pixels_close, check_ffcv, decoded_split, train_one_epoch
+from layout_tools import check_ffcv, check_split, convert_once, decoded_split, train_one_epoch
 
 # the first five lines of the real map_clsloc.txt: ids 1..5 are NOT in sorted-wnid order
 CLSLOC = ["n02119789 1 kit_fox", "n02100735 2 English_setter", "n02110185 3 Siberian_husky",
@@ -70,9 +70,7 @@ def fake_pickles(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def converted(fake_pickles, tmp_path_factory):
-    out = tmp_path_factory.mktemp("in32-out") / "data"
-    manifest = convert("imagenet32", str(fake_pickles[0]), str(out), ConvertOptions(progress=False, per_shard=8))
-    return str(out), manifest
+    return convert_once(tmp_path_factory, "imagenet32", fake_pickles[0], per_shard=8)
 
 
 def test_conversion_remaps_labels_to_sorted_wnids(fake_pickles, converted):
@@ -86,11 +84,8 @@ def test_conversion_remaps_labels_to_sorted_wnids(fake_pickles, converted):
     assert len(manifest["splits"]["train"]["dali"]["shards"]) == 3
     for split in ("train", "val"):
         data, labels = _expected(batches, split)
-        assert manifest["splits"][split]["count"] == len(labels) == {"train": 20, "val": 6}[split]
-        got = decoded_split(out, split)
-        assert got["labels"].tolist() == labels
-        for i, image in enumerate(got["images"]):
-            assert_pixels_close(image, _hwc(data[i]), exact=True)
+        assert len(labels) == {"train": 20, "val": 6}[split]
+        check_split(out, manifest, split, labels, (_hwc(row) for row in data), exact=True)
     check_ffcv(out, ["train", "val"])
 
 

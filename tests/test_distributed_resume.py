@@ -272,7 +272,7 @@ import atexit
 from fastkd.train import teacher
 real_call, rows = teacher.TeacherSource.__call__, []
 def call(self, images, batch):
-    rows.extend(batch.host_index.tolist())
+    rows.extend(batch.index.tolist())
     return real_call(self, images, batch)
 teacher.TeacherSource.__call__ = call
 atexit.register(lambda: print(f'rank {RANK} ran the teacher on {len(rows)} views', file=sys.stderr, flush=True))

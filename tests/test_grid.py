@@ -15,7 +15,7 @@ import torch
 
 from fastkd.cli import main
 from fastkd.errors import UserError
-from fastkd.grid import GridSpec, run_grid
+from fastkd.experiments.grid import GridSpec, run_grid
 from fastkd.recipes import load_recipe, recipe_names
 
 TRAIN = dict(epochs=2, batch_size=40, lr=0.05, res=32, workers=0, device="cpu", train_split="test")
@@ -45,7 +45,7 @@ def _summaries(root):
 def stopped_and_resumed(orl_data, tmp_path_factory):
     """The grid stopped by a KeyboardInterrupt after the first epoch of its first distilled cell, then the
     same grid run again; returns (out, first epoch row of the stopped cell, calls of the second run)."""
-    import fastkd.runs as runs
+    import fastkd.experiments.runs as runs
     from fastkd.train.trainer import Trainer
 
     out = tmp_path_factory.mktemp("grid") / "g"

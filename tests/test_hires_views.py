@@ -14,7 +14,7 @@ from PIL import Image
 
 from fastkd.errors import UserError
 from fastkd.pipelines.decode import cut_view, dct_scale
-from fastkd.pipelines.views import ViewPolicy
+from fastkd.pipelines.view_policy import ViewPolicy
 
 SIZES = [(240, 400), (360, 240), (300, 300), (180, 520)]  # (height, width): wide, tall, square, 2.9:1
 BACKENDS = ["torch", "torch-on-device", "dali", "ffcv", "memory"]  # torch-on-device: the --device cuda code on the CPU
@@ -177,15 +177,15 @@ def test_every_backend_cuts_the_same_view(photos, make_loader, monkeypatch, back
     batch = next(iter(loader.epoch(2)))
     reader = _reader(photos)
     got = batch.images * loader._std / 255 + loader._mean / 255  # un-normalise to grey levels
-    got = torch.where(batch.view["flip"][:, None, None, None], got.flip(3), got).permute(0, 2, 3, 1).numpy() * 255
+    got = torch.where(batch.view.flip[:, None, None, None], got.flip(3), got).permute(0, 2, 3, 1).numpy() * 255
     for k, i in enumerate(batch.index.tolist()):
-        ref = _reference(reader.payload(i), batch.view["box"][k].tolist(), 96, train)
+        ref = _reference(reader.payload(i), batch.view.box[k].tolist(), 96, train)
         err = np.abs(got[k] - ref)
         # measured: mean 0.3-2.8, 99th percentile 0.8-20 (memory: held at shorter side 110, ffcv: box
         # rounded to whole DCT-scaled pixels); a wrong box or image is off by tens of grey levels
         assert err.mean() < 3.5 and np.percentile(err, 99) < 28, (backend, i, err.mean(), np.percentile(err, 99))
     if train:
-        assert batch.view["flip"].any() and (batch.view["box"][:, 2] < 150).any()  # real crops, some flipped
+        assert batch.view.flip.any() and (batch.view.box[:, 2] < 150).any()  # real crops, some flipped
 
 
 def _corrupt_sample(data: str, backend: str, i: int) -> None:
@@ -224,8 +224,8 @@ def test_views_replay_from_seed_epoch_index(photos, make_loader):
     other = make_loader(photos, "train", backend="torch", batch_size=5, res=96, seed=4, workers=0)
     for batch in loader.epoch(1):
         view = other.views_of(1, batch.index.numpy())
-        np.testing.assert_array_equal(view["box"].astype(np.float32), batch.view["box"].numpy())
-        np.testing.assert_array_equal(view["flip"], batch.view["flip"].numpy())
+        np.testing.assert_array_equal(view["box"].astype(np.float32), batch.view.box.numpy())
+        np.testing.assert_array_equal(view["flip"], batch.view.flip.numpy())
 
 
 @pytest.mark.parametrize("backend", ["torch", "memory"])
@@ -251,8 +251,8 @@ def test_memory_backend_holds_stored_pixels_and_cuts_the_torch_backends_views(ph
     assert held.short is None and held.nbytes == int((table["width"].astype(np.int64) * table["height"] * 3).sum())
     for epoch in (0, 3):
         a, b = next(iter(torch_loader.epoch(epoch))), next(iter(memory.epoch(epoch)))
-        assert torch.equal(a.index, b.index) and torch.equal(a.view["box"], b.view["box"])
-        whole = dct_scale(a.view["box"].numpy(), 96) == 1
+        assert torch.equal(a.index, b.index) and torch.equal(a.view.box, b.view.box)
+        whole = dct_scale(a.view.box.numpy(), 96) == 1
         assert 4 <= whole.sum() < 16  # both kinds of box are in the batch
         assert torch.equal(a.images[whole], b.images[whole])
         err = (a.images[~whole] - b.images[~whole]).abs() * 255 * 0.225  # about grey levels
@@ -261,7 +261,7 @@ def test_memory_backend_holds_stored_pixels_and_cuts_the_torch_backends_views(ph
 
 def test_memory_backend_caps_the_shorter_side_when_the_split_does_not_fit(photos, make_loader, monkeypatch):
     from fastkd.pipelines.memory_backend import MemoryBackend
-    from fastkd.pipelines.memory_views import held_shapes
+    from fastkd.pipelines.held_photos import held_shapes
 
     table = _reader(photos).table
     capped, full = (int((held_shapes(table, s).prod(1) * 3).sum()) for s in (110, None))
@@ -272,7 +272,7 @@ def test_memory_backend_caps_the_shorter_side_when_the_split_does_not_fit(photos
     batch = next(iter(loader.epoch(2)))
     reader = _reader(photos)
     got = batch.images * loader._std / 255 + loader._mean / 255
-    got = torch.where(batch.view["flip"][:, None, None, None], got.flip(3), got).permute(0, 2, 3, 1).numpy() * 255
+    got = torch.where(batch.view.flip[:, None, None, None], got.flip(3), got).permute(0, 2, 3, 1).numpy() * 255
     for k, i in enumerate(batch.index.tolist()):
-        err = np.abs(got[k] - _reference(reader.payload(i), batch.view["box"][k].tolist(), 96, True))
+        err = np.abs(got[k] - _reference(reader.payload(i), batch.view.box[k].tolist(), 96, True))
         assert err.mean() < 3.5 and np.percentile(err, 99) < 28, (i, err.mean(), np.percentile(err, 99))

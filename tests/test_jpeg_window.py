@@ -12,7 +12,7 @@ from PIL import Image
 
 from fastkd.bench.photos import photo
 from fastkd.pipelines import decode, jpeg_window
-from fastkd.pipelines.views import ViewPolicy
+from fastkd.pipelines.view_policy import ViewPolicy
 
 
 def _jpeg(width: int, height: int, seed: int = 0, mode: str = "RGB", **save) -> bytes:

@@ -14,7 +14,7 @@ import torch
 from fastkd.converted import ShardReader
 from fastkd.errors import UserError
 from conftest import release_loader
-from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted, views
+from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted, view_policy
 from fastkd.pipelines.memory_backend import ENV_LIMIT, MemoryBackend, parse_bytes
 from fastkd.pipelines.order import batches, epoch_order
 from fastkd.pipelines.torch_backend import base_image
@@ -67,14 +67,14 @@ def test_same_indices_labels_and_pixels_as_the_torch_backend(pair, orl_data):
         for a, b in zip(memory.epoch(e), ref.epoch(e), strict=True):
             assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
             assert torch.equal(a.index, b.index)
-            assert torch.equal(a.view["box"], b.view["box"]) and torch.equal(a.view["flip"], b.view["flip"])
+            assert torch.equal(a.view.box, b.view.box) and torch.equal(a.view.flip, b.view.flip)
             assert a.images.dtype == torch.float32 and a.images.shape == (32, 3, 32, 32)
     assert not torch.equal(_raw(memory, 0)[2], _raw(memory, 1)[2])  # a new order each epoch
 
 
 @pytest.mark.parametrize("mirror", [True, False])
 def test_crop_is_exactly_pad_crop_flip(orl_data, make_loader, monkeypatch, mirror):
-    """The backend's single gather == views.pad_crop_flip of its base images, at every offset and flip,
+    """The backend's single gather == view_policy.pad_crop_flip of its base images, at every offset and flip,
     with the mirrored copy and without it (a limit with room for one copy only)."""
     if not mirror:
         monkeypatch.setattr(MemoryBackend, "limit_bytes", 320 * 3 * 40 * 40 + 1)
@@ -90,7 +90,7 @@ def test_crop_is_exactly_pad_crop_flip(orl_data, make_loader, monkeypatch, mirro
     got = backend.crop(index, offset, flip)
     assert got.dtype == torch.uint8 and got.shape == (200, 3, 32, 32) and got.is_contiguous()
     box = torch.cat([offset.float(), torch.full((200, 2), 32.0)], 1)
-    want = views.pad_crop_flip(backend.images[index], box, flip, 4)
+    want = view_policy.pad_crop_flip(backend.images[index], box, flip, 4)
     assert torch.equal(got.float(), want)
     assert (got[0, :, :4, :4] == 0).all() and (got[1, :, -4:, -4:] == 0).all()
     # and whole epochs through the Loader: the same batches as the generic path (index_select + pad_crop_flip)

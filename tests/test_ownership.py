@@ -109,7 +109,7 @@ def test_convert_into_an_empty_folder(fake_orl, tmp_path):
 def fake_demo_steps(monkeypatch):
     """The demo with its conversion, cache fill and training replaced by stand-ins that write a file where
     the real step writes (the ownership logic is what is tested, not the training)."""
-    import fastkd.demo as demo
+    import fastkd.experiments.demo as demo
 
     calls = []
 
@@ -120,7 +120,7 @@ def fake_demo_steps(monkeypatch):
             json.dump({"format": "fastkd-conversion", "checksums": {}}, f)
         os.replace(out + ".partial", out)
 
-    def fake_cache(cfg, progress=True):
+    def fake_cache(cfg, batch_size=256, progress=True):
         calls.append(("cache", cfg.teacher_cache))
         open(os.path.join(cfg.teacher_cache, "meta.json"), "w").close()
 
@@ -129,8 +129,8 @@ def fake_demo_steps(monkeypatch):
         assert not os.path.exists(os.path.join(cfg.out, "summary.json"))  # the earlier demo's run was cleared
         with open(os.path.join(cfg.out, "summary.json"), "w") as f:
             f.write("{}")
-        return {"student": cfg.student, "method": cfg.method, "params": 1, "top1": 1.0, "top5": 2.0,
-                "train_images_per_s": 3.0}
+        return {"student": cfg.student, "method": cfg.method, "seed": cfg.seed, "params": 1, "top1": 1.0,
+                "top5": 2.0, "train_seconds": 1.0, "train_images_per_s": 3.0}
 
     monkeypatch.setattr(demo, "convert", fake_convert)
     monkeypatch.setattr(demo, "build_cache", fake_cache)
@@ -148,21 +148,24 @@ def test_demo_refuses_user_folders_before_any_work(fake_demo_steps, tmp_path, ca
 
 
 def test_demo_twice_replaces_only_its_own_folders(fake_demo_steps, tmp_path):
-    from fastkd.demo import run_demo
+    from fastkd.experiments.demo import run_demo
 
     project = str(tmp_path / "demo")
-    run_demo(project, epochs=1, device="cpu", progress=False)
-    for name in ("teacher", "student", "kd", "teacher_cache"):
-        assert marker_kind(os.path.join(project, name)) == "demo"
+    run_demo(project, epochs=1, teacher_epochs=1, device="cpu", progress=False)
+    seeded = [os.path.join(name, f"seed{k}") for name in ("student", "distilled", "teacher_cache") for k in (0, 1, 2)]
+    for name in ["teacher", "student", "distilled", "teacher_cache", "distilled_online"] + seeded:
+        assert marker_kind(os.path.join(project, name)) == "demo", name
     assert not os.path.exists(os.path.join(project, "teacher", LOCK))  # released and removed
-    run_demo(project, epochs=1, device="cpu", progress=False)  # its own folders: emptied and rerun
-    assert [c[0] for c in fake_demo_steps] == ["convert", "train", "train", "cache", "train",
-                                               "train", "train", "cache", "train"]  # data reused the second time
+    # teacher, the student alone, the cache fills, the distilled student, the online-teacher timing run
+    once = ["train"] + ["train"] * 3 + ["cache"] * 3 + ["train"] * 3 + ["train"]
+    run_demo(project, epochs=1, teacher_epochs=1, seeds=(0, 1), device="cpu", progress=False)  # emptied and rerun
+    assert [c[0] for c in fake_demo_steps] == ["convert"] + once + ["train"] * 3 + ["cache"] * 2 + ["train"] * 3
+    assert not os.path.exists(os.path.join(project, "student", "seed2"))  # the earlier demo's third seed went
     note = _note(os.path.join(project, "student2"))  # a folder the demo does not use is left alone
-    os.remove(os.path.join(project, "kd", MARKER))  # kd no longer says the demo made it
-    with pytest.raises(UserError, match=r"kd holds files an earlier `fastkd demo` did not make"):
+    os.remove(os.path.join(project, "distilled", MARKER))  # distilled no longer says the demo made it
+    with pytest.raises(UserError, match=r"distilled holds files an earlier `fastkd demo` did not make"):
         run_demo(project, epochs=1, device="cpu", progress=False)
-    assert os.path.isfile(os.path.join(project, "kd", "summary.json")) and _kept(note)
+    assert os.path.isfile(os.path.join(project, "distilled", "seed0", "summary.json")) and _kept(note)
 
 
 # ---- compare / ablate / grid cells -----------------------------------------------------------------------
@@ -172,7 +175,7 @@ def _cfg(out, **kw):
 
 
 def test_cell_folder_with_user_files_is_not_cleared(tmp_path, monkeypatch):
-    import fastkd.runs as runs
+    import fastkd.experiments.runs as runs
 
     monkeypatch.setattr(runs, "train", lambda cfg, resume=False: pytest.fail("trained over a user folder"))
     cell = tmp_path / "cmp" / "ce" / "seed0"
@@ -183,7 +186,7 @@ def test_cell_folder_with_user_files_is_not_cleared(tmp_path, monkeypatch):
 
 
 def test_cell_folder_it_made_is_cleared_and_marked(tmp_path, monkeypatch):
-    import fastkd.runs as runs
+    import fastkd.experiments.runs as runs
 
     trained = []
 
@@ -231,7 +234,7 @@ def other_process(tmp_path):
 
 
 def test_cell_another_process_trains_is_left_alone(tmp_path, monkeypatch, other_process):
-    import fastkd.runs as runs
+    import fastkd.experiments.runs as runs
 
     monkeypatch.setattr(runs, "train", lambda cfg, resume=False: pytest.fail("trained a locked cell"))
     cell = tmp_path / "cell"

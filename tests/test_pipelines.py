@@ -23,7 +23,7 @@ from conftest import release_loader
 from fastkd.pipelines import BACKENDS, ConvertedData, Loader, open_converted
 from fastkd.pipelines.order import batches, epoch_order, num_batches
 from fastkd.pipelines.torch_backend import base_image
-from fastkd.pipelines.views import apply_views
+from fastkd.pipelines.view_policy import apply_views
 
 SETTINGS = dict(batch_size=32, res=32, seed=3, workers=2)
 EPOCHS = (0, 1)
@@ -57,8 +57,8 @@ def _collect(loader: Loader, epoch: int) -> dict:
         images.append(b.images)
         labels.append(b.labels)
         index.append(b.index)
-        box.append(b.view["box"])
-        flip.append(b.view["flip"])
+        box.append(b.view.box)
+        flip.append(b.view.flip)
         sizes.append(len(b.labels))
     return {"images": torch.cat(images), "labels": torch.cat(labels), "index": torch.cat(index),
             "box": torch.cat(box), "flip": torch.cat(flip), "sizes": sizes, "dtype": images[0].dtype,

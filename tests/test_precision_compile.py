@@ -93,3 +93,22 @@ def test_compile_trains_with_feature_taps(orl_data, tmp_path):
     tr.close()
     # and its checkpoint is an eager one: no "_orig_mod." prefixes from the compiled wrapper
     assert set(_state(tmp_path / "c")["model"]) == set(_state(teacher)["model"])
+
+
+def test_bf16_trains_methods_with_adapters(orl_data, tmp_path, teacher_weights):
+    """``--amp bf16`` with methods that own adapters (FitNets' regressor, CRD's embedding heads, overhaul's
+    connectors): their adapters take the student's bf16 signals under the step's autocast (a dtype clash
+    stopped the run before). The adapters' gradients reach their float32 weights."""
+    import json
+
+    cfg = _cfg(orl_data, tmp_path / "r", student="resnet32", epochs=1, amp="bf16", method="fitnets+crd+overhaul",
+               teacher="resnet32", teacher_weights=teacher_weights, method_options={"fitnets": {"stage1_epochs": 0}})
+    tr = Trainer(cfg)
+    before = [p.detach().clone() for m in tr.methods for p in m.parameters()]
+    tr.fit()
+    after = [p.detach() for m in tr.methods for p in m.parameters()]
+    tr.close()
+    assert all(p.dtype == torch.float32 for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    row = json.loads(open(tmp_path / "r" / "metrics.jsonl").readlines()[-1])
+    assert all(torch.isfinite(torch.tensor(row[k])) for k in ("train_fitnets", "train_crd", "train_overhaul"))

@@ -49,9 +49,9 @@ def test_ranks_see_the_global_batches_of_one_process(orl_data, backend):
             for field in ("index", "labels", "images", "targets"):
                 torch.testing.assert_close(torch.cat([getattr(p, field) for p in parts]), getattr(batch, field),
                                            rtol=0, atol=0, msg=f"{backend} batch {k} {field}")
-            for key, value in batch.view.items():
-                assert torch.equal(torch.cat([p.view[key] for p in parts]), value), (backend, k, key)
-            mixed += int((batch.view["mix_kind"] > 0).sum())
+            for key, value in batch.view.entries().items():
+                assert torch.equal(torch.cat([getattr(p.view, key) for p in parts]), value), (backend, k, key)
+            mixed += int((batch.view.mix_kind > 0).sum())
         assert mixed > 0  # the pairs were really mixed, on both sides of the comparison
     finally:
         for loader in (one, *ranks):

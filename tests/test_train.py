@@ -173,7 +173,7 @@ def test_method_needing_a_missing_tap_fails_before_training(orl_data, straight_r
 
 
 def test_compare_table_resumes_cell_by_cell(orl_data, straight_run, tmp_path, monkeypatch):
-    import fastkd.compare as compare
+    import fastkd.experiments.compare as compare
 
     out, _ = straight_run
     base = _cfg(orl_data, "", epochs=1, teacher_weights=str(out / "checkpoint.pt"))
@@ -182,6 +182,6 @@ def test_compare_table_resumes_cell_by_cell(orl_data, straight_run, tmp_path, mo
     assert set(cells) == {"ce/seed0", "ce/seed1", "kd/seed0", "kd/seed1"}
     assert cells["ce/seed0"]["teacher"] is None and cells["kd/seed1"]["method"] == "kd"
     assert any(line.startswith("| kd ") for line in first["table"].splitlines())
-    monkeypatch.setattr("fastkd.runs.train", lambda cfg: pytest.fail("a finished cell was trained again"))
+    monkeypatch.setattr("fastkd.experiments.runs.train", lambda cfg: pytest.fail("a finished cell was trained again"))
     again = compare.run_compare(base, ["ce", "kd"], [0, 1], str(tmp_path / "cmp"))
     assert again["table"] == first["table"]

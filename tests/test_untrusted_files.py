@@ -272,7 +272,7 @@ def _pngs(root):
 @pytest.mark.parametrize("field,value", [("teacher", "../../../../x"), ("student", "/tmp/x"),
                                          ("method", "kd/../../x"), ("teacher", "..")])
 def test_report_refuses_run_names_that_are_paths(tmp_path, field, value):
-    from fastkd.gridreport import write_report
+    from fastkd.experiments.report import write_report
 
     root = tmp_path / "a" / "b" / "c" / "grid"
     _summary(str(root / "run0"), **{field: value})
@@ -284,7 +284,7 @@ def test_report_refuses_run_names_that_are_paths(tmp_path, field, value):
 
 
 def test_report_refuses_a_grid_spec_naming_a_path(tmp_path):
-    from fastkd.gridreport import write_report
+    from fastkd.experiments.report import write_report
 
     root = tmp_path / "grid"
     _summary(str(root / "run0"))
@@ -446,7 +446,7 @@ def test_convert_options_are_checked(tmp_path):
 ])
 def test_grid_checks_every_cells_option_values_before_training(tmp_path, where, options, message):
     """A bad value only the student or method cells use fails before the teachers train for hours."""
-    from fastkd.grid import GridSpec
+    from fastkd.experiments.grid import GridSpec
 
     spec = GridSpec(data=str(tmp_path), out=str(tmp_path / "g"), teachers=["ResNet18"], student="resnet32",
                     methods=["kd"], seeds=[0], **{where: options})

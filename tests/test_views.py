@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastkd.pipelines.views import ViewPolicy, apply_views, uniforms
+from fastkd.pipelines.view_policy import ViewPolicy, apply_views, uniforms
 
 # ------------------------------------------------------------------------------------------ uniforms
 
@@ -222,7 +222,7 @@ def test_rrc_upscaled_crops_at_the_border_are_not_darkened():
 
 @pytest.mark.parametrize("res", [32, 48])
 def test_integer_pad_crop_equals_the_grid_sample_path(res):
-    from fastkd.pipelines.views import pad_crop_flip
+    from fastkd.pipelines.view_policy import pad_crop_flip
 
     policy = ViewPolicy.for_resolution(res, True)
     index = np.arange(64)

@@ -18,19 +18,12 @@ from fastkd.errors import UserError
 
 from .. import register_dataset
 from ..images import load_rgb_file
-from ..layout import read_lines, require_file, require_root
-from ..spec import DatasetSource, DatasetSpec, SourceSplit
+from ..layout import generic_spec, read_lines, require_file, require_root
+from ..spec import DatasetSource, SourceSplit
 
-SPEC = DatasetSpec(
-    name="filelist",
-    num_classes=0,  # any: from classes.txt or the labels
-    split_counts={},
-    resolution="any",
-    storage="jpg",
-    low_res=False,
-    default_res=224,
-    default_max_side=512,
-    layout="train.txt (+ val.txt, test.txt) with lines '<relative/path.jpg> <0-based label>', optional classes.txt",
+SPEC = generic_spec(  # classes: from classes.txt or the labels
+    "filelist",
+    "train.txt (+ val.txt, test.txt) with lines '<relative/path.jpg> <0-based label>', optional classes.txt",
 )
 SPLITS = ("train", "val", "test")
 

@@ -21,19 +21,12 @@ from fastkd.errors import UserError
 
 from .. import register_dataset
 from ..images import load_rgb_file
-from ..layout import require_root
-from ..spec import DatasetSource, DatasetSpec, SourceSplit
+from ..layout import generic_spec, require_root
+from ..spec import DatasetSource, SourceSplit
 
-SPEC = DatasetSpec(
-    name="imagefolder",
-    num_classes=0,  # any: read from the folders
-    split_counts={},
-    resolution="any",
-    storage="jpg",
-    low_res=False,
-    default_res=224,
-    default_max_side=512,
-    layout="train/<class>/<image> (+ val/<class>/..., test/<class>/...), or <class>/<image> at the root",
+SPEC = generic_spec(  # classes: read from the folders
+    "imagefolder",
+    "train/<class>/<image> (+ val/<class>/..., test/<class>/...), or <class>/<image> at the root",
 )
 EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")

@@ -16,7 +16,7 @@ as ``.JPEG`` and CMYK JPEGs: both decode to RGB.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional
 
 from fastkd.errors import UserError
 
@@ -51,18 +51,21 @@ def read(root: Optional[str] = None) -> DatasetSource:
                             f"(no training images for {', '.join(missing[:5]) or 'none'}; not in meta.mat: "
                             f"{', '.join(unknown[:5]) or 'none'}); restore the missing classes, or use imagenet_subset "
                             f"--opt classes=LIST.txt for a subset")
-    return DatasetSource(
-        spec=SPEC,
-        classes=classes,
-        splits=make_splits(files, classes, strict=True),
-        load=load_image,
+    return imagenet_source(
+        SPEC, files, classes, strict=True,
         class_order="index in sorted wnids (torchvision/timm order); val: ground-truth ILSVRC2012_ID "
                     "(1-based, meta.mat order) -> wnid -> sorted index",
-        split_rule="official: train = ILSVRC2012 train images, val = the 50,000 ILSVRC2012 validation images; "
-                   "files sorted by name within each class",
-        extra={
-            "wnids": classes,
-            "class_names": files.class_names(classes),
-            **files.sources(),
-        },
+        split_rule="official: train = ILSVRC2012 train images, val = the 50,000 ILSVRC2012 validation images",
+        extra={"wnids": classes},
     )
+
+
+def imagenet_source(spec: DatasetSpec, files: ImageNetFiles, classes: List[str], strict: bool, class_order: str,
+                    split_rule: str, extra: Dict[str, object]) -> DatasetSource:
+    """The ImageNet images of ``classes`` (sorted wnids; ``strict`` as :func:`make_splits`), decoded by
+    ``load_image``. ``split_rule`` gets the file order appended; the manifest's extra is ``extra``, then the
+    class names and where the files were read."""
+    splits = make_splits(files, classes, strict=strict)
+    return DatasetSource(spec=spec, classes=classes, splits=splits, load=load_image, class_order=class_order,
+                         split_rule=f"{split_rule}; files sorted by name within each class",
+                         extra={**extra, "class_names": files.class_names(classes), **files.sources()})

@@ -13,6 +13,7 @@ with ``logits[:, full_index]``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Optional
@@ -20,21 +21,20 @@ from typing import Optional
 from fastkd.errors import UserError
 
 from .. import register_dataset
-from ..imagenet_devkit import TRAIN_TAR, ImageNetFiles, load_image, make_splits
+from ..imagenet_devkit import TRAIN_TAR, ImageNetFiles
 from ..layout import require_root
-from ..spec import DatasetSource, DatasetSpec
+from ..spec import DatasetSource
+from .imagenet import SPEC as IMAGENET_SPEC
+from .imagenet import imagenet_source
 
 WNID = re.compile(r"n\d{8}$")
 
-SPEC = DatasetSpec(
+SPEC = dataclasses.replace(  # stored and trained as ImageNet
+    IMAGENET_SPEC,
     name="imagenet_subset",
     num_classes=100,
     split_counts={"train": 126_689, "val": 5_000},  # CMC's imagenet100.txt
     resolution="variable photos, ~400x350 on average (ImageNet)",
-    storage="jpg",
-    low_res=False,
-    default_res=224,
-    default_max_side=512,
     layout=f"ImageNet (train/<wnid>/ or {TRAIN_TAR}; flat val/ + ILSVRC2012_devkit_t12, or val/<wnid>/) "
            "+ --opt classes=LIST.txt (one wnid per line)",
 )
@@ -74,15 +74,11 @@ def read(root: Optional[str] = None, classes: Optional[str] = None) -> DatasetSo
     if files.has_devkit and not set(subset) <= set(full):
         raise UserError(f"{', '.join(w for w in subset if w not in position)} of {classes} are not classes of the "
                         f"devkit's meta.mat; check the list")
-    return DatasetSource(
-        spec=SPEC,
-        classes=subset,
-        splits=make_splits(files, subset, strict=False),
-        load=load_image,
+    return imagenet_source(
+        SPEC, files, subset, strict=False,
         class_order="index in the sorted subset wnids; full_index gives each class's index in the sorted "
                     "1000-class ImageNet order",
-        split_rule="ImageNet's official train and val, keeping only images of the listed wnids; "
-                   "files sorted by name within each class",
+        split_rule="ImageNet's official train and val, keeping only images of the listed wnids",
         extra={
             "classes_file": os.path.abspath(os.path.expanduser(str(classes))),
             "listed_wnids": listed,
@@ -90,7 +86,5 @@ def read(root: Optional[str] = None, classes: Optional[str] = None) -> DatasetSo
             "full_index": [position[w] for w in subset] if full_known else None,
             "full_order": "sorted leaf wnids of meta.mat" if files.has_devkit else
                           ("sorted train wnids" if full_known else "unknown: no devkit and not all 1000 train classes"),
-            "class_names": files.class_names(subset),
-            **files.sources(),
         },
     )

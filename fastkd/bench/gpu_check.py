@@ -19,6 +19,8 @@ import tempfile
 
 import torch
 
+from fastkd.log import log
+
 MEAN_TOL, P99_TOL = 4.0, 32.0  # grey levels between two paths (each is within ~2.8 / 20 of a float reference)
 
 
@@ -35,7 +37,7 @@ def _views(data: str, backend: str, device: str, train: bool, on_device=None) ->
     finally:
         TorchBackend.on_device = old
     x = (batch.images * loader._std + loader._mean).cpu()
-    flip = batch.view["flip"].cpu()
+    flip = batch.view.flip.cpu()
     return torch.where(flip[:, None, None, None], x.flip(3), x), batch.index.cpu()
 
 
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder for the JSON results (default: a temporary one)")
     args = p.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; run with --cpu for the CPU part", file=sys.stderr)
+        log("gpu_check: no CUDA device here; run with --cpu for the CPU part")
         return 2
     device = "cpu" if args.cpu else "cuda"
     from fastkd.bench.loader import run_loader_bench

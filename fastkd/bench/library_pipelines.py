@@ -51,7 +51,7 @@ def dali_own(image_folder: str, res: int, batch_size: int, workers: int) -> Tupl
     """(DALI pipeline, epoch -> its uint8 image batches as torch tensors); ``drop_last``: whole batches only."""
     from nvidia.dali import fn, pipeline_def, types
 
-    from fastkd.pipelines.dali_backend import _to_torch
+    from fastkd.pipelines.dali_backend import to_torch
 
     # synchronous: an asynchronous pipeline would decode the next epoch's first batches ahead, while the
     # benchmark times other loaders (its reader never ends an epoch); decoding still uses every thread
@@ -71,6 +71,6 @@ def dali_own(image_folder: str, res: int, batch_size: int, workers: int) -> Tupl
     def run_epoch(pipeline, epoch: int):
         for _ in range(batches):
             (images,) = pipeline.run()
-            yield _to_torch(images, torch.device("cpu"))
+            yield to_torch(images, torch.device("cpu"))
 
     return pipeline, run_epoch

@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
 from functools import partial
@@ -25,10 +24,12 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from fastkd.log import log
 from fastkd.atomic import atomic_write_json
 from fastkd.bench import library_pipelines
 from fastkd.bench.machine import machine_info
 from fastkd.errors import UserError
+from fastkd.malloc import keep_freed_memory
 
 BASELINE = "dataloader"
 DECODE_ONLY = "decode-only"
@@ -37,7 +38,7 @@ NAMES = {BASELINE: "torchvision DataLoader", DECODE_ONLY: "decode-only (PIL, ful
 REFERENCES = tuple(library_pipelines.NAMES)  # "ffcv-own", "dali-own"
 
 
-def _consume(batches, device: torch.device) -> int:
+def consume(batches, device: torch.device) -> int:
     """Sum every image batch on ``device``; returns the number of images. Ends with a device sync."""
     n, acc = 0, torch.zeros((), device=device)
     for images in batches:
@@ -52,7 +53,7 @@ def _failed(name: str, exc: BaseException) -> dict:
     return {"loader": NAMES.get(name, name), "status": f"skipped: {exc}" if skip else f"failed: {type(exc).__name__}: {exc}"}
 
 
-def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: bool) -> Dict[str, dict]:
+def measure_round_robin(builders: Dict[str, Callable], warmup: int, epochs: int, progress: bool) -> Dict[str, dict]:
     """Builds every loader, then runs the epochs round-robin (epoch e of every loader, then e + 1) so
     that a change in machine speed (other jobs on a shared machine) hits every loader alike."""
     rows, live = {}, {}
@@ -80,7 +81,7 @@ def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: 
                 row["images"], row["seconds"] = row["images"] + n, row["seconds"] + dt
                 row["epoch_images_per_s"].append(n / dt)
             if progress:
-                print(f"  epoch {e}{' (warm-up)' if e < warmup else ''} {name}: {n} images, {dt:.3f} s", file=sys.stderr)
+                log(f"  epoch {e}{' (warm-up)' if e < warmup else ''} {name}: {n} images, {dt:.3f} s")
     live.clear()
     gc.collect()  # shut worker processes / pipeline threads down
     for row in rows.values():
@@ -90,7 +91,7 @@ def _measure(builders: Dict[str, Callable], warmup: int, epochs: int, progress: 
     return rows
 
 
-def _extract_imagefolder(data, split: str, root: str) -> None:
+def extract_imagefolder(data, split: str, root: str) -> None:
     """The split's stored bytes as ``root/<class>/<index>.<ext>`` (PIL decodes the same files)."""
     reader = data.shard_reader(split)
     ext = "jpg" if data.storage == "jpg" else "png"
@@ -138,7 +139,7 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
     import torchvision
 
     from fastkd.pipelines import Loader, open_converted
-    from fastkd.pipelines.views import ViewPolicy
+    from fastkd.pipelines.view_policy import ViewPolicy
 
     if epochs < 1 or warmup_epochs < 0:
         raise UserError("--epochs must be at least 1 and --warmup-epochs at least 0")
@@ -146,26 +147,26 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
     res = int(res or conv.default_res)
     policy = ViewPolicy.for_resolution(res, train=True)
     with tempfile.TemporaryDirectory(prefix="fastkd-bench-") as tmp:
-        _extract_imagefolder(conv, split, tmp)
+        extract_imagefolder(conv, split, tmp)
 
         def build_baseline():
             ds = torchvision.datasets.ImageFolder(tmp, transform=baseline_transform(policy, conv.mean, conv.std))
             dl = torch.utils.data.DataLoader(
                 ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
                 pin_memory=dev.type == "cuda", persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
-            return dl, lambda dl, e: _consume((x for x, _ in dl), dev)
+            return dl, lambda dl, e: consume((x for x, _ in dl), dev)
 
         def build_decode_only():
             paths = sorted(os.path.join(d, f) for d, _, files in os.walk(tmp) for f in files)
             dl = torch.utils.data.DataLoader(
                 _DecodeOnly(paths), batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
                 collate_fn=torch.tensor, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
-            return dl, lambda dl, e: _consume(iter(dl), dev)
+            return dl, lambda dl, e: consume(iter(dl), dev)
 
         def build_fastkd(backend):
             loader = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
                             workers=workers, device=dev)
-            return loader, lambda ld, e: _consume((b.images for b in ld.epoch(e)), dev)
+            return loader, lambda ld, e: consume((b.images for b in ld.epoch(e)), dev)
 
         def build_reference(name):
             if name == library_pipelines.FFCV_OWN:
@@ -173,12 +174,12 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                                                             workers)
             else:
                 obj, run_epoch = library_pipelines.dali_own(tmp, res, batch_size, workers)
-            return obj, lambda o, e: _consume(run_epoch(o, e), dev)
+            return obj, lambda o, e: consume(run_epoch(o, e), dev)
 
         references = tuple(references) if policy.kind == "rrc" else ()
         if progress:
-            print(f"bench loader: res {res}, batch {batch_size}, workers {workers}", file=sys.stderr)
-        rows = _measure({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,
+            log(f"bench loader: res {res}, batch {batch_size}, workers {workers}")
+        rows = measure_round_robin({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,
                          **{b: partial(build_fastkd, b) for b in backends},
                          **{r: partial(build_reference, r) for r in references}}, warmup_epochs, epochs, progress)
     base, ceiling = rows[BASELINE].get("images_per_s"), rows[DECODE_ONLY].get("images_per_s")
@@ -193,11 +194,36 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                            "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends),
                            "references": list(references)},
               "rows": rows}
-    print(format_table(result))
+    return publish_result(result, format_table(result), out_json)
+
+
+def publish_result(result: dict, table: str, out_json: Optional[str]) -> dict:
+    """Prints ``table``, writes ``result`` atomically to ``out_json`` (when given) and returns it."""
+    print(table)
     if out_json:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
         atomic_write_json(out_json, result)
     return result
+
+
+def bench_script_main(parser, argv, default_out: str, run: Callable) -> int:
+    """``main(argv)`` of a benchmark script: adds ``--out`` (default ``default_out``), ``--torch-threads`` and
+    ``--quiet`` to ``parser``, parses ``argv``, readies the process as the fastkd command does, then calls
+    ``run(args)``. Returns the exit status: 0, or 2 after printing a UserError on stderr."""
+    parser.add_argument("--out", default=default_out, help="JSON results path")
+    parser.add_argument("--torch-threads", type=int,
+                        help="torch.set_num_threads(N) first (intra-op threads of the main process)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    args = parser.parse_args(argv)
+    keep_freed_memory()  # as the fastkd command does (fastkd/malloc.py)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    try:
+        run(args)
+    except UserError as exc:
+        log(f"error: {exc}")
+        return 2
+    return 0
 
 
 def format_table(result: dict) -> str:

@@ -8,10 +8,11 @@ Deterministic: the same (n, seed) give the same files.
 from __future__ import annotations
 
 import os
-import sys
 
 import numpy as np
 from PIL import Image
+
+from fastkd.log import log
 
 SIDES = (360, 640)
 ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)  # landscape mostly, some square and portrait
@@ -43,7 +44,7 @@ def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progres
         os.makedirs(folder, exist_ok=True)
         Image.fromarray(photo(rng, h, w)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
         if progress and (i + 1) % 200 == 0:
-            print(f"  photos: {i + 1}/{n}", file=sys.stderr)
+            log(f"  photos: {i + 1}/{n}")
     return root
 
 

@@ -5,7 +5,9 @@ import os
 
 from fastkd.errors import UserError
 
-from .store import TeacherCache, human
+from fastkd.sizes import format_bytes
+
+from .store import TeacherCache
 
 
 def cache_info(root: str) -> dict:
@@ -20,7 +22,7 @@ def cache_info(root: str) -> dict:
     return {"cache": os.path.abspath(root), "key": key, "storage": meta["storage"], "signals": meta["signals"],
             "count": key["count"], "epochs": key["epochs"],
             "epochs_filled": sum(all(v == key["count"] for v in f.values()) for f in filled),
-            "rows_written": filled, "bytes": size, "size": human(size)}
+            "rows_written": filled, "bytes": size, "size": format_bytes(size)}
 
 
 def format_info(info: dict) -> str:

@@ -14,23 +14,15 @@ Under the key, every cached row also carries a fingerprint of the exact view it 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Dict, List, Optional
 
 from fastkd import __version__
+from fastkd.hashing import sha256_file
 
 from .view_version import view_code_version
 
 FORMAT_VERSION = 2  # 2: per-row view fingerprints, decode path, memory tier and derived view version in the key
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(cfg, loader, teacher: str, world: int, teacher_sha256: Optional[str] = None) -> Dict[str, object]:
@@ -63,9 +55,9 @@ def cache_key(cfg, loader, teacher: str, world: int, teacher_sha256: Optional[st
     key = {
         "format_version": FORMAT_VERSION,
         "fastkd_version": __version__,
-        "teacher_sha256": teacher_sha256 or file_sha256(cfg.teacher_weights),
+        "teacher_sha256": teacher_sha256 or sha256_file(cfg.teacher_weights),
         "teacher": teacher,
-        "manifest_sha256": file_sha256(loader.data.path("manifest.json")),
+        "manifest_sha256": sha256_file(loader.data.path("manifest.json")),
         "split": loader.split,
         "count": loader.count,
         "backend": cfg.backend,

@@ -34,6 +34,7 @@ import torch
 
 from fastkd.atomic import atomic_write_json, remove_stale_temps
 from fastkd.errors import UserError
+from fastkd.sizes import format_bytes
 
 from .fingerprint import FP_WORDS
 from .key import key_differences
@@ -72,14 +73,7 @@ def stored_spec(name: str, spec: dict, storage: dict) -> dict:
     return {"shape": list(spec["shape"]), "dtype": storage["dtype"], "topk": storage["topk"] if name == "logits" else 0}
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-
-
-def _existing_parent(path: str) -> str:
+def existing_parent(path: str) -> str:
     path = os.path.abspath(path)
     while not os.path.exists(path):
         path = os.path.dirname(path)
@@ -214,13 +208,13 @@ class TeacherCache:
         views = key["count"] * key["epochs"]
         what = ", ".join(f"{n} {'top-%d ' % s['topk'] if s.get('topk') else ''}{s['dtype']} {list(s['shape'])}"
                          for n, s in new.items())
-        free = shutil.disk_usage(_existing_parent(root)).free
-        kept = f" + {human(reserve)} for the run's checkpoints" if reserve else ""
-        log(f"teacher cache {root}: {human(per_view)} per view ({what}) x {key['count']} samples x "
-            f"{key['epochs']} epochs = {human(per_view * views)}{kept} ({human(free)} free)")
+        free = shutil.disk_usage(existing_parent(root)).free
+        kept = f" + {format_bytes(reserve)} for the run's checkpoints" if reserve else ""
+        log(f"teacher cache {root}: {format_bytes(per_view)} per view ({what}) x {key['count']} samples x "
+            f"{key['epochs']} epochs = {format_bytes(per_view * views)}{kept} ({format_bytes(free)} free)")
         if per_view * views + reserve > free:
-            raise UserError(f"the teacher cache needs {human(per_view * views)}{kept} but {_existing_parent(root)} has "
-                            f"{human(free)} free; free space, pick another --teacher-cache folder, or store less "
+            raise UserError(f"the teacher cache needs {format_bytes(per_view * views)}{kept} but {existing_parent(root)} has "
+                            f"{format_bytes(free)} free; free space, pick another --teacher-cache folder, or store less "
                             "(--cache-topk K, --cache-budget)")
 
     # ---- files -------------------------------------------------------------------------------
@@ -246,7 +240,7 @@ class TeacherCache:
                     os.posix_fallocate(f.fileno(), 0, size)
             except OSError as exc:
                 os.unlink(tmp)
-                raise UserError(f"cannot reserve {human(size)} for {path} ({exc.strerror}); free disk space or "
+                raise UserError(f"cannot reserve {format_bytes(size)} for {path} ({exc.strerror}); free disk space or "
                                 "choose another --teacher-cache folder")
             os.replace(tmp, path)
 

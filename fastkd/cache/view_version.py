@@ -29,9 +29,10 @@ def view_code_version() -> str:
 
     from fastkd.pipelines import decode
     from fastkd.pipelines.augment import AugmentConfig, Augmenter
-    from fastkd.pipelines.device_views import cut_views
-    from fastkd.pipelines.memory_views import held_shapes, resize_views
-    from fastkd.pipelines.views import ViewPolicy, pad_crop_flip
+    from fastkd.pipelines.held_photos import held_shapes, resize_views
+    from fastkd.pipelines.loader import normalise_nhwc
+    from fastkd.pipelines.resize import cut_views
+    from fastkd.pipelines.view_policy import ViewPolicy, pad_crop_flip
 
     h = hashlib.sha256()
 
@@ -69,9 +70,7 @@ def view_code_version() -> str:
         add("pad_crop_flip", crops)
         mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1) * 255
         std = torch.tensor([0.25, 0.2, 0.3]).view(1, 3, 1, 1) * 255
-        normalise = getattr(__import__("fastkd.pipelines.loader", fromlist=["Loader"]).Loader, "_normalise_nhwc")
-        holder = type("Normaliser", (), {"_rows": {}, "_mean": mean, "_std": std})()
-        x = normalise(holder, base).permute(0, 3, 1, 2)
+        x = normalise_nhwc(base, mean, std).permute(0, 3, 1, 2)
         add("normalised", x)
         for cfg in (AugmentConfig(mixup_alpha=1.0, cutmix_alpha=1.0, erasing_p=0.5, cutout=0.5),
                     AugmentConfig(erasing_p=1.0), AugmentConfig(cutmix_alpha=1.0)):

@@ -27,7 +27,7 @@ from .options import backend_option
 @click.option("--quiet", is_flag=True)
 def ablate(data, model, out, tricks, pretrained, epochs, batch_size, lr, res, seed, backend, workers, device, quiet):
     """Train a baseline, then add the training tricks one at a time; write the table as Markdown and JSON."""
-    from fastkd.ablate import run_ablation
+    from fastkd.experiments.ablate import run_ablation
     from fastkd.models import MODELS
     from fastkd.pipelines import BACKENDS, open_converted
     from fastkd.train.config import TrainConfig

@@ -28,7 +28,7 @@ from .options import backend_option
 def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs, batch_size, lr, res, backend,
             workers, device, quiet):
     """Distil one student with several methods over several seeds; print mean and spread of top-1."""
-    from fastkd.compare import run_compare
+    from fastkd.experiments.compare import run_compare
     from fastkd.methods import parse_methods
     from fastkd.pipelines import BACKENDS
     from fastkd.train.config import TrainConfig

@@ -6,7 +6,13 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .options import RegistryOption, memory_limit_option
+from .config_options import config_options, config_values
+from .options import memory_limit_option
+
+# the TrainConfig options a grid sets for every run (TrainConfig's declaration; a recipe fills the rest)
+GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "backend", "workers", "device", "progress")
+GRID_OVERRIDES = {"epochs": {"help": "Epochs of every run."}, "lr": {"help": "Learning rate of every run."},
+                  "progress": {"help": "No per-epoch progress bars (grid progress lines stay)."}}
 
 
 def _names(value):
@@ -34,23 +40,14 @@ def _weights(items):
 @click.option("--seeds", default=None, help="Comma list of seeds [recipe, else 0,1,2].")
 @click.option("--teacher-weights", "teacher_weights", multiple=True, metavar="NAME=PATH",
               help="Use these weights for teacher NAME instead of training it (repeat per teacher).")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="Epochs of every run [recipe, else 30].")
+@config_options(GRID_FIELDS, GRID_OVERRIDES, from_recipe=True)
 @click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Epochs of the teachers only.")
-@click.option("--batch-size", type=click.IntRange(1), default=None)
-@click.option("--lr", type=float, default=None, help="Learning rate of every run.")
 @click.option("--student-lr", type=float, default=None, help="Learning rate of the student runs only.")
-@click.option("--res", type=int, default=None)
-@click.option("--backend", default=None, cls=RegistryOption, registry="fastkd.pipelines:BACKENDS",
-              help="Data pipeline [torch].")
 @memory_limit_option()
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default=None, help="auto, cpu or cuda [auto].")
-@click.option("--quiet", is_flag=True, help="No per-epoch progress bars (grid progress lines stay).")
-def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, epochs, teacher_epochs, batch_size,
-         lr, student_lr, res, backend, workers, device, quiet):
+def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, teacher_epochs, student_lr, **kw):
     """Teachers x methods x seeds: train or load each teacher once, the student baseline, every cell;
     skips finished cells, resumes a stopped one; writes the table (Markdown, CSV) and plots."""
-    from fastkd.grid import GridSpec, run_grid
+    from fastkd.experiments.grid import GridSpec, run_grid
     from fastkd.pipelines import BACKENDS, open_converted
     from fastkd.recipes import load_recipe
 
@@ -59,9 +56,10 @@ def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, 
         seed_list = [int(s) for s in _names(seeds)] if seeds is not None else list(r.get("seeds", [0, 1, 2]))
     except ValueError:
         raise UserError(f"--seeds {seeds!r} must be a comma list of integers")
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
-                 device=device)
-    train = {**r.get("train", {}), **{k: v for k, v in given.items() if v is not None}}
+    given = config_values(kw, GRID_FIELDS)
+    progress = given.pop("progress", True)
+    lr = given.get("lr")
+    train = {**r.get("train", {}), **given}
     teacher_train = {**r.get("teacher_train", {}), **({"epochs": teacher_epochs} if teacher_epochs else {})}
     student_train = {**r.get("student_train", {}), **({"lr": student_lr} if student_lr is not None else {})}
     if lr is not None and student_lr is None:
@@ -76,7 +74,7 @@ def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, 
         raise UserError("give --student (or a --recipe that names one)")
     BACKENDS.canonical(train.get("backend", "torch"))
     open_converted(data)
-    run_grid(spec, progress=not quiet)
+    run_grid(spec, progress=progress)
 
 
 @cli.command()
@@ -84,6 +82,6 @@ def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, 
 def report(folder):
     """Rewrite report.md/csv/json and plots/ of FOLDER from its finished runs (grid, compare or train), without
     training."""
-    from fastkd.gridreport import write_report
+    from fastkd.experiments.report import write_report
 
     write_report(folder)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fastkd.report import format_table
+from fastkd.tables import format_table
 
 from . import cli
 

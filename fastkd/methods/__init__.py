@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from fastkd.registry import Registry, import_modules
 
-METHODS: Registry = Registry("method")
+METHODS: Registry = Registry("method", name_attribute="name")  # sets each class's ``name``
 register_method = METHODS.register
 
 from .base import Method  # noqa: E402
@@ -39,7 +39,7 @@ def check_options(name: str, cls, opts: Dict[str, object]) -> None:
     import inspect
 
     from fastkd.errors import UserError
-    from fastkd.train.config import method_option_rule
+    from fastkd.option_rules import method_option_rule
 
     params = {k: p for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
     for key, value in opts.items():
@@ -55,6 +55,19 @@ def check_options(name: str, cls, opts: Dict[str, object]) -> None:
         bad = method_option_rule(key, value)
         if bad:
             raise UserError(f"--opt {name}.{key}={value!r} {bad}")
+
+
+def check_chosen_options(spec: str, options: Dict[str, Dict[str, object]]) -> None:
+    """Every method named in ``options`` (``--opt METHOD.NAME=VALUE``) is one of ``spec``'s (``--method``), and
+    its options pass :func:`check_options`; one-line UserErrors otherwise."""
+    from fastkd.errors import UserError
+
+    chosen = {METHODS.canonical(p) for p in spec.split("+") if p.strip()}
+    for method, opts in options.items():
+        name = METHODS.canonical(method)
+        if name not in chosen:
+            raise UserError(f"--opt {method}.* given but --method is {spec}; drop it or add {name} to --method")
+        check_options(name, METHODS.get(name), opts)
 
 
 def list_methods() -> List[str]:

@@ -48,7 +48,6 @@ class AT(Method):
     paper's eq. 2 writes beta/2, which halves it; the reference code does not, and neither do we.
     """
 
-    name = "at"
     needs = frozenset(COMMON_STAGES)
     ce_weight = 1.0
 

@@ -9,7 +9,6 @@ from .base import Method
 class CrossEntropyOnly(Method):
     """Trains on hard labels only; the trainer adds the cross-entropy term (weight 1)."""
 
-    name = "ce"
     needs = frozenset()
     ce_weight = 1.0
 

@@ -165,7 +165,6 @@ class CRD(Method):
     updated with the embeddings of all ranks (all-gather), so they stay identical on every rank.
     """
 
-    name = "crd"
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

@@ -56,7 +56,6 @@ class DKD(Method):
     ``epoch / 20``). Before any :meth:`set_epoch` call w = 1; ``warmup=0`` disables the ramp.
     """
 
-    name = "dkd"
     needs = frozenset({"logits"})
     ce_weight = 1.0
 

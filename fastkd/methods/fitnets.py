@@ -47,7 +47,6 @@ class FitNets(Method):
     nothing and the paper's stage 2 is whatever it is combined with (``--method fitnets+kd``).
     """
 
-    name = "fitnets"
     needs = frozenset({"stage2"})
     ce_weight = 1.0
 

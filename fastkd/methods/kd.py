@@ -31,7 +31,6 @@ class KD(Method):
     targets with the soft term dominant, at the values mdistiller and CRD use for CIFAR-100.
     """
 
-    name = "kd"
     needs = frozenset({"logits"})
     ce_weight = 0.1
 

@@ -32,7 +32,6 @@ class L2(Method):
     setting; ``--ce-weight`` adds the hard labels back.
     """
 
-    name = "l2"
     needs = frozenset({"logits"})
     ce_weight = 0.0
 

@@ -134,7 +134,6 @@ class Overhaul(Method):
     N(beta, gamma^2) only as far as its running statistics match the data.
     """
 
-    name = "overhaul"
     needs = _needs(COMMON_PRE)
     ce_weight = 1.0
 

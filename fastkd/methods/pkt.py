@@ -43,7 +43,6 @@ class PKT(Method):
     normalisation (the paper itself trains the representation with the PKT loss alone).
     """
 
-    name = "pkt"
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

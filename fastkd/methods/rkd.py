@@ -69,7 +69,6 @@ class RKD(Method):
     lambda_A = 50 for RKD-DA), CE weight 1 (mdistiller's CIFAR-100 setting).
     """
 
-    name = "rkd"
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

@@ -9,92 +9,105 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 from fastkd.errors import UserError
+from fastkd.option_rules import is_int, is_number, method_option_rule
 
 SCHEDULES = ("cosine", "step", "multistep", "constant")
 INITS = ("default", "kaiming", "xavier")
 AMP_MODES = ("off", "bf16", "fp16")
+CACHE_DTYPES = ("float16", "float32")
 
 # options that do not change the numbers a run produces, so a resume may differ in them
 RESUME_FREE = frozenset({"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"})
-CACHE_DTYPES = ("float16", "float32")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def method_option_rule(name: str, value) -> Optional[str]:
-    """Why ``value`` is no valid value for a method option called ``name`` (None: it is), by the option's name,
-    for every method: numbers finite, a temperature > 0, a loss weight (``weight``, ``*_weight``, ``alpha``,
-    ``beta``, ``scale``) >= 0, ``eps`` / ``p`` > 0. Checked by :class:`TrainConfig` and ``parse_methods``."""
-    if not _is_number(value):
-        return None  # strings (taps, "auto"); parse_methods checks the type against the option's default
-    if not math.isfinite(value):
-        return "must be a finite number"
-    if name in ("temperature", "eps", "p") and not value > 0:
-        return "must be > 0"
-    if (name in ("weight", "alpha", "beta", "scale") or name.endswith("_weight")) and value < 0:
-        return "is a loss weight; give a value >= 0"
-    return None
+def option(default=..., help: str = "", *, factory=None, **cli):
+    """A :class:`TrainConfig` field and its command-line option in one declaration: ``help`` is the option's
+    help text; ``cli`` says how it is spelled and parsed (read by ``fastkd.cli.config_options``):
+    ``flag`` (default ``--<name-with-dashes>``), ``aliases``, ``choices``, ``min`` (integers),
+    ``negatable`` (``--x/--no-x``), ``inverted`` (a flag that sets False, e.g. ``--quiet``), ``comma_list``
+    (``--milestones 150,180``), ``method_options`` (repeated ``--opt METHOD.NAME=VALUE``), ``metavar``,
+    ``required``; ``cli=False``: no option (set by a command itself)."""
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    if default is ...:  # no default: the constructor needs it
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
-    data: str
-    out: str
-    student: str
-    teacher: Optional[str] = None
-    teacher_weights: Optional[str] = None  # fastkd checkpoint or torchvision state dict (local file)
-    teacher_cache: Optional[str] = None  # teacher-output cache folder (fastkd/cache): read where filled, else filled
-    cache_dtype: str = "float16"  # float16 | float32 storage of cached signals
-    cache_topk: int = 0  # > 0: cache only the top-k logits (FKD)
-    cache_budget: float = 1e9  # bytes of feature maps a cache may hold (all epochs); logits/embeddings always
-    method: str = "ce"
-    method_options: Dict[str, Dict[str, object]] = field(default_factory=dict)
-    ce_weight: Optional[float] = None  # None: the method's paper default
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | step | multistep | constant
-    step_size: int = 30  # step: decay every step_size epochs
-    milestones: List[int] = field(default_factory=list)  # multistep
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
+    data: str = option(..., help="A folder written by `fastkd convert`.", required=True)
+    out: str = option(..., help="Run folder: config, metrics.jsonl, checkpoint.pt, summary.json.", required=True)
+    student: str = option(..., help="Model to train (see `fastkd list models`).", aliases=("--model",), required=True)
+    teacher: Optional[str] = option(None, "Teacher architecture (read from a fastkd checkpoint if omitted).")
+    teacher_weights: Optional[str] = option(None, "Teacher weights: fastkd checkpoint or torchvision state dict.")
+    teacher_cache: Optional[str] = option(
+        None, "Teacher-output cache folder: batches it holds are read (the teacher is not run), the others run the "
+        "teacher and are written (see `fastkd cache`).")
+    cache_dtype: str = option("float16", "Storage of cached teacher signals (float32: bit-identical to the online "
+                              "teacher).", choices=CACHE_DTYPES)
+    cache_topk: int = option(0, "Cache only the K largest logits and the rest's log-sum-exp (FKD); 0: all logits.",
+                             min=0)
+    cache_budget: float = option(1e9, "Bytes of teacher feature maps the cache may hold over all epochs; the maps "
+                                 "beyond run online.")
+    method: str = option("ce", "ce (no teacher), kd, or a sum such as kd+at.")
+    method_options: Dict[str, Dict[str, object]] = option(
+        factory=dict, help="Method hyper-parameter, e.g. --opt kd.temperature=4 --opt kd.weight=0.9 (paper "
+        "defaults otherwise).", flag="--opt", method_options=True, metavar="METHOD.NAME=VALUE")
+    ce_weight: Optional[float] = option(None, "Weight of the hard-label cross-entropy (default: the method's paper "
+                                        "value; kd: 0.1, ce: 1).")
+    epochs: int = option(30, "Epochs to train.", min=1)
+    batch_size: int = option(64, "Per process (torchrun: x world size).", min=1)
+    lr: float = option(0.1, "Peak learning rate (SGD).")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(False, "Nesterov momentum.")
+    weight_decay: float = option(5e-4, "Weight decay.", flag="--wd")
+    schedule: str = option("cosine", "Learning-rate schedule.", choices=SCHEDULES)
+    step_size: int = option(30, "step: decay every N epochs.")
+    milestones: List[int] = option(factory=list, help="multistep: comma list of epochs, e.g. 150,180,210.",
+                                   comma_list=True)
+    gamma: float = option(0.1, "Decay factor of step/multistep.")
+    warmup_epochs: float = option(0.0, "Linear warm-up length.")
     # tricks (Bag of Tricks, He et al. 2019, and the seed's list); defaults leave them off
-    init: str = "default"  # default | kaiming | xavier
-    pretrained: Optional[str] = None  # local weights for the student (torchvision layout or fastkd checkpoint)
-    no_bias_decay: bool = False
-    label_smoothing: float = 0.0
-    lr_scaling: bool = False  # lr = lr x (global batch) / 256
-    dropout: float = 0.0  # before the classifier
-    zero_gamma: bool = False
-    amp: str = "off"  # off | bf16 | fp16 (autocast)
-    channels_last: bool = True  # NHWC: faster convolutions on GPUs and on CPUs (README, 'Memory format')
-    compile: bool = False
-    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all ranks (train/sync_bn.py)
+    init: str = option("default", "Weight initialisation (default: each architecture's own).", choices=INITS)
+    pretrained: Optional[str] = option(None, "Local weights for the student (torchvision state dict or fastkd "
+                                       "checkpoint); tensors that do not fit (another classifier, a low-res stem) "
+                                       "keep their init.")
+    no_bias_decay: bool = option(False, "No weight decay on biases and norm parameters.")
+    label_smoothing: float = option(0.0, "Szegedy et al. 2016 (0.1 usual).")
+    lr_scaling: bool = option(False, "Linear scaling: lr x global batch / 256 (Goyal et al. 2017).")
+    dropout: float = option(0.0, "Dropout before the classifier.")
+    zero_gamma: bool = option(False, "Zero-init the last BN gamma of each residual block.")
+    amp: str = option("off", "Mixed precision (autocast; fp16 adds a gradient scaler, saved in checkpoints).",
+                      choices=AMP_MODES)
+    channels_last: bool = option(True, "NHWC memory format for the models and batches (faster convolutions on "
+                                 "GPUs and CPUs; docs/memory-format.md).", negatable=True)
+    compile: bool = option(False, "torch.compile the student.")
+    sync_bn: bool = option(False, "torchrun: BatchNorm statistics over the global batch of all ranks (N ranks then "
+                           "train as one process with batch N x B).")
     # data-side tricks, applied on the device to whole batches (pipelines/augment)
-    views: bool = True  # crop + flip views; False: centre views only
-    erasing: float = 0.0  # random erasing probability (Zhong et al.: 0.5)
-    cutout: float = 0.0  # cutout square side as a fraction of the image side (DeVries & Taylor: 16/32 = 0.5)
-    mixup: float = 0.0  # mixup Beta alpha (0: off)
-    cutmix: float = 0.0  # cutmix Beta alpha (0: off)
-    res: Optional[int] = None  # None: the dataset's default resolution
-    backend: str = "torch"
-    workers: int = 2
-    train_split: str = "train"
-    eval_split: Optional[str] = None  # None: "test" when the conversion has one, else "val"
-    seed: int = 0
-    device: str = "auto"
-    eval_every: int = 1
-    checkpoint_every: float = 5.0  # minutes between checkpoints within an epoch; 0: at epoch ends only
-    progress: bool = True
+    views: bool = option(True, "Train on centre views (no crop/flip).", flag="--no-augment", inverted=True)
+    erasing: float = option(0.0, "Random erasing probability (Zhong et al. 2020: 0.5; area 0.02-0.4, aspect "
+                            "0.3-3.3).")
+    cutout: float = option(0.0, "Cutout square side as a fraction of the image side (DeVries & Taylor 2017: 0.5, "
+                           "16 px at 32).")
+    mixup: float = option(0.0, "Mixup Beta alpha (Zhang et al. 2018: 1.0 CIFAR, 0.2 ImageNet); needs an even "
+                          "batch size.")
+    cutmix: float = option(0.0, "CutMix Beta alpha (Yun et al. 2019: 1.0); with --mixup, each pair picks one at "
+                           "random.")
+    res: Optional[int] = option(None, "Training resolution (default: the dataset's). <=64 selects the "
+                                "low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
+    backend: str = option("torch", "Data pipeline (see `fastkd list backends`).", registry="fastkd.pipelines:BACKENDS")
+    workers: int = option(2, "Data-loading worker processes.")
+    train_split: str = option("train", "Split to train on.")
+    eval_split: Optional[str] = option(None, "Split for top-1/top-5 (default: test, else val).")
+    seed: int = option(0, "Seed of the initialisation, the epoch orders, views and augmentations.")
+    device: str = option("auto", "auto, cpu or cuda.")
+    eval_every: int = option(1, "Evaluate every N epochs (and after the last).")
+    checkpoint_every: float = option(5.0, "Minutes between checkpoints within an epoch (0: at epoch ends only). "
+                                     "SIGTERM/SIGINT also write one and exit (codes 143/130).")
+    progress: bool = option(True, "No progress bars.", flag="--quiet", inverted=True)
 
     def __post_init__(self) -> None:
         def need(ok: bool, option: str, rule: str) -> None:
@@ -103,17 +116,17 @@ class TrainConfig:
 
         def integer(option: str, least: int) -> None:
             v = getattr(self, option)
-            need(_is_int(v) and v >= least, option, f"must be an integer >= {least}")
+            need(is_int(v) and v >= least, option, f"must be an integer >= {least}")
 
         def number(option: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False,
                    rule: str = "") -> None:
             v = getattr(self, option)
-            ok = _is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) and (
+            ok = is_number(v) and math.isfinite(v) and (v > low if low_open else v >= low) and (
                 v < high if high_open else v <= high)
             if not rule:
                 lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
                 rule = (f"must be {'>' if low_open else '>='} {low:g}" if high == math.inf else f"must be in {lo}, {hi}")
-                if not (_is_number(v) and math.isfinite(v)):
+                if not (is_number(v) and math.isfinite(v)):
                     rule = "is not a finite number; it " + rule
             need(ok, option, rule)
 
@@ -125,14 +138,14 @@ class TrainConfig:
         number("momentum", 0, 1, high_open=True)
         for option in ("weight_decay", "warmup_epochs", "checkpoint_every", "mixup", "cutmix", "cache_budget"):
             number(option, 0)
-        need(self.ce_weight is None or (_is_number(self.ce_weight) and math.isfinite(self.ce_weight)
+        need(self.ce_weight is None or (is_number(self.ce_weight) and math.isfinite(self.ce_weight)
                                         and self.ce_weight >= 0), "ce_weight", "must be a finite number >= 0")
         need(self.schedule in SCHEDULES, "schedule", f"is unknown; choose one of: {', '.join(SCHEDULES)}")
         need(self.cache_dtype in CACHE_DTYPES, "cache_dtype", f"is unknown; choose one of: {', '.join(CACHE_DTYPES)}")
         number("gamma", 0, low_open=True)
         need(self.schedule != "multistep" or bool(self.milestones), "milestones",
              "is empty; --schedule multistep needs epochs such as --milestones 150,180,210")
-        need(isinstance(self.milestones, list) and all(_is_int(m) and 0 <= m <= self.epochs for m in self.milestones)
+        need(isinstance(self.milestones, list) and all(is_int(m) and 0 <= m <= self.epochs for m in self.milestones)
              and self.milestones == sorted(self.milestones),
              "milestones", f"must be epochs in 0..{self.epochs} (--epochs), in increasing order")
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"must not exceed --epochs {self.epochs}")
@@ -142,7 +155,7 @@ class TrainConfig:
         number("dropout", 0, 1, high_open=True)
         number("erasing", 0, 1, rule="is a probability; give a value in [0, 1]")
         number("cutout", 0, 1, high_open=True, rule="is a fraction of the image side; give a value in [0, 1)")
-        need(self.res is None or (_is_int(self.res) and self.res >= 8), "res", "must be at least 8 (pixels)")
+        need(self.res is None or (is_int(self.res) and self.res >= 8), "res", "must be at least 8 (pixels)")
         need(isinstance(self.method_options, dict) and all(isinstance(v, dict) for v in self.method_options.values()),
              "method_options", "must map a method to its {option: value}")
         for method, opts in self.method_options.items():

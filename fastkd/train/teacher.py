@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import warnings
 from typing import Dict, List
 
@@ -26,16 +25,14 @@ from torch import nn
 
 from fastkd.cache import TeacherCache, cache_key
 from fastkd.cache.fingerprint import view_fingerprint
-from fastkd.cache.store import DamagedRows, human, row_bytes, stored_spec
+from fastkd.cache.store import DamagedRows, row_bytes, stored_spec
 from fastkd.errors import UserError
+from fastkd.log import log
+from fastkd.sizes import format_bytes
 
 from . import distributed
 from .signals import SignalModel
 from .weights import build_teacher, load_weights, read_weights_file
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device) -> nn.Module:
@@ -78,10 +75,10 @@ def checkpoint_reserve(cfg, num_classes: int, low_res: bool) -> int:
 
 
 def _same_file_system(a: str, b: str) -> bool:
-    from fastkd.cache.store import _existing_parent
+    from fastkd.cache.store import existing_parent
 
     try:
-        return os.stat(_existing_parent(a)).st_dev == os.stat(_existing_parent(b)).st_dev
+        return os.stat(existing_parent(a)).st_dev == os.stat(existing_parent(b)).st_dev
     except OSError:
         return True
 
@@ -140,8 +137,8 @@ class TeacherSource:
         self.cached = plan_signals(shapes, storage, cfg.cache_budget, loader.count * cfg.epochs)
         self.online = sorted(set(shapes) - set(self.cached))
         if self.online and dist.main:
-            _log(f"teacher cache: {', '.join(self.online)} run online (their maps exceed --cache-budget "
-                 f"{human(cfg.cache_budget)})")
+            log(f"teacher cache: {', '.join(self.online)} run online (their maps exceed --cache-budget "
+                 f"{format_bytes(cfg.cache_budget)})")
         key = cache_key(cfg, loader, self.module.fastkd_name, dist.world,
                         getattr(self.module, "fastkd_weights_sha256", None))
         wanted = {n: {"shape": shapes[n]} for n in self.cached}
@@ -150,14 +147,14 @@ class TeacherSource:
             reserve = 0
             if cfg.out and _same_file_system(cfg.out, cfg.teacher_cache):
                 reserve = checkpoint_reserve(cfg, loader.data.num_classes, loader.low_res)
-            opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=_log,
+            opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=log,
                                        reserve=reserve)
         distributed.barrier()
         self.cache = opened or TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=False)
         if self.online or not self.cache.complete(self.cached, cfg.epochs, lambda e: _visited(loader, e)):
             self._materialise()
         if dist.main:
-            _log(f"teacher cache {self.cache.root}: {self.mode} ({', '.join(self.cached)} cached)")
+            log(f"teacher cache {self.cache.root}: {self.mode} ({', '.join(self.cached)} cached)")
 
     def _materialise(self) -> None:
         """Load the teacher's weights onto the device (the hooks of ``signals`` stay on the same modules)."""
@@ -173,7 +170,7 @@ class TeacherSource:
     def __call__(self, images: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
         idx = fingerprint = damaged = None
         if self.cache is not None:
-            idx = batch.host_index
+            idx = batch.index.numpy()
             fingerprint = view_fingerprint(images).cpu().numpy()  # the views exactly as the teacher sees them
             if not self.online and self.cache.has(batch.epoch, idx, self.cached):
                 try:
@@ -182,7 +179,7 @@ class TeacherSource:
                     if not self.cache.writable:
                         raise
                     damaged = exc.positions
-                    _log(f"teacher cache {self.cache.root}: {exc.what}; recomputed by the teacher and rewritten")
+                    log(f"teacher cache {self.cache.root}: {exc.what}; recomputed by the teacher and rewritten")
             self._materialise()  # a row the cache lacks (it changed under us) or a damaged one: run the teacher
         with torch.inference_mode():
             t = self.signals(images)

@@ -26,73 +26,42 @@ from torch.nn.parallel import DistributedDataParallel
 from fastkd import __version__
 from fastkd.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
 from fastkd.errors import UserError
-from fastkd.methods import parse_methods
+from fastkd.log import log
+from fastkd.models import count_parameters
 from fastkd.ownership import claims_run_folder
-from fastkd.models import count_parameters, create_model
-from fastkd.pipelines import Loader, open_converted
 
-from . import checkpoint, distributed, sync_bn, tricks
+from . import checkpoint, distributed, tricks
+from .build import build_run
 from .config import TrainConfig
 from .evaluate import evaluate
 from .interrupt import StopSignals, resume_command
 from .meters import EpochMeters
 from .schedule import lr_at
-from .signals import prepare_methods
-from .teacher import TeacherSource, teacher_network
 
 CHECKPOINT = "checkpoint.pt"
 LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 class Trainer:
+    """The training loop over the parts :func:`~fastkd.train.build.build_run` made from ``cfg``."""
+
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        self.cfg, self.dist = cfg, distributed.init(cfg.device)
-        self.device = distributed.resolve_device(cfg.device, self.dist)
-        checkpoint.seed_everything(cfg.seed)
-        self.data = open_converted(cfg.data)
-        common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed,
-                      workers=cfg.workers, device=self.device, rank=self.dist.rank, world=self.dist.world,
-                      channels_last=cfg.channels_last)
-        self.eval_split = cfg.eval_split or ("test" if "test" in self.data.splits() else "val")
-        for split in (cfg.train_split, self.eval_split):
-            self.data.split(split)  # a missing split stops the run before any loader decodes a whole split
-        self.train_loader = Loader(self.data, cfg.train_split, train=True, views=cfg.views,
-                                   augment=cfg.augment_config(), **common)
-        self.eval_loader = Loader(self.data, self.eval_split, train=False, **common)
-        if len(self.train_loader) == 0:
-            raise UserError(f"--batch-size {cfg.batch_size} exceeds the {self.train_loader.count} training samples; "
-                            "lower it")
-        low_res, n_cls = self.train_loader.low_res, self.data.num_classes
-        self.methods = parse_methods(cfg.method, cfg.method_options)
-        needs = set().union(*(m.needs for m in self.methods))
-        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-        self.student = self._build_student(n_cls, low_res)
-        self.teacher = None
-        if needs:
-            self.teacher = teacher_network(cfg, n_cls, low_res, self.device).to(memory_format=self.memory_format)
-        elif cfg.teacher or cfg.teacher_weights:
-            raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
-                            "a distillation method such as --method kd")
-        self.s_signals, self.t_signals = prepare_methods(self.methods, self.student, self.teacher,
-                                                         self.train_loader.policy.out, self.train_loader.count)
-        if self.t_signals is not None:  # online, or read from / written to --teacher-cache
-            self.t_signals = TeacherSource(self.t_signals, cfg, self.train_loader, self.dist, self.device)
+        self.cfg = cfg
+        self.run = run = build_run(cfg, "train")
+        self.dist, self.device, self.data, self.eval_split = run.dist, run.device, run.data, run.eval_split
+        self.train_loader, self.eval_loader = run.train_loader, run.eval_loader
+        self.methods, self.student, self.teacher = run.methods, run.student, run.teacher
+        self.s_signals, self.teacher_source, self.optimizer = run.student_signals, run.teacher_source, run.optimizer
         self.ce_weight = cfg.ce_weight if cfg.ce_weight is not None else self.methods[0].ce_weight
-        extra = [p for m in self.methods for p in m.parameters()]
-        self.optimizer = torch.optim.SGD(tricks.param_groups(self.student, extra, cfg.weight_decay, cfg.no_bias_decay),
-                                         lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        self._adapted = [m for m in self.methods if any(True for _ in m.parameters())]
         global_batch = cfg.batch_size * self.dist.world
         self.sched = replace(cfg, lr=cfg.lr * global_batch / 256) if cfg.lr_scaling else cfg
         self.amp = tricks.amp_dtype(cfg.amp)
         # fp16 needs loss scaling (its gradients underflow); bf16 has float32's range and needs none
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp == torch.float16 else None
         if self.scaler is not None and self.device.type == "cpu" and self.dist.main:
-            _log("warning: --amp fp16 on a CPU runs without fast fp16 kernels (about 20x slower than float32 "
-                 "for resnet32 on our 2-core machine); --amp bf16 is the CPU's fast mixed precision")
+            log("warning: --amp fp16 on a CPU runs without fast fp16 kernels (about 20x slower than float32 "
+                "for resnet32 on our 2-core machine); --amp bf16 is the CPU's fast mixed precision")
         self.model = torch.compile(self.student) if cfg.compile else self.student
         self.s_signals.model = self.model
         if self.dist.world > 1:
@@ -108,27 +77,11 @@ class Trainer:
         exists = distributed.agree_exists(self.ckpt_path, self.dist)  # every rank, or none, sees the checkpoint
         if resume and not exists:
             if self.dist.main:
-                _log(f"--resume: {cfg.out} holds no checkpoint yet; starting the run from the beginning")
+                log(f"--resume: {cfg.out} holds no checkpoint yet; starting the run from the beginning")
         elif resume:
             self._resume()
         elif exists:
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
-
-    def _build_student(self, n_cls: int, low_res: bool):
-        cfg = self.cfg
-        student = create_model(cfg.student, n_cls, low_res)
-        tricks.initialise(student, cfg.init)
-        if cfg.zero_gamma:
-            tricks.zero_gamma(student)
-        if cfg.pretrained:
-            left = tricks.load_pretrained(student, cfg.pretrained)
-            if left and self.dist.main:
-                _log(f"--pretrained: {len(left)} tensors kept their initialisation ({', '.join(left[:4])}"
-                     f"{', ...' if len(left) > 4 else ''})")
-        if cfg.dropout:
-            tricks.add_dropout(student, cfg.dropout)
-        student = student.to(self.device, memory_format=self.memory_format)
-        return sync_bn.convert(student, self.device) if cfg.sync_bn else student
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, batch: int, meters: Optional[dict] = None) -> dict:
@@ -194,7 +147,7 @@ class Trainer:
             self.start_epoch, self.start_batch = state["epoch"], state["batch"]
             self.meters.load_state_dict(state["meters"], carry=self.dist.main)
         if self.dist.main:
-            _log(f"resuming {self.cfg.out} at epoch {self.start_epoch + 1}, batch {self.start_batch + 1}")
+            log(f"resuming {self.cfg.out} at epoch {self.start_epoch + 1}, batch {self.start_batch + 1}")
 
     # ---- training ----------------------------------------------------------------------------
     def _step(self, batch, epoch_pos: float) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -204,12 +157,16 @@ class Trainer:
         images = batch.images  # channels-last already when the run is (the Loader's memory_format)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             s = self.s_signals(images)
-            t = self.t_signals(images, batch) if self.t_signals is not None else None
+            t = self.teacher_source(images, batch) if self.teacher_source is not None else None
         exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
         terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(s["logits"], batch)}
         if t is not None:
             for m in exclusive or self.methods:
-                terms.update(m(s, t, batch.labels, batch.index))
+                # a method with adapters (regressors, embedding heads) runs them in the step's precision: under
+                # --amp they take the half-precision signals; the other methods' terms are computed as they were
+                adapted = self.amp is not None and m in self._adapted
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=adapted):
+                    terms.update(m(s, t, batch.labels, batch.index_on(self.device)))
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -319,7 +276,7 @@ class Trainer:
 
     def _exit(self, epoch: int, batch: int) -> None:
         if self.dist.main:
-            _log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {epoch + 1}, batch {batch}; "
+            log(f"stopped by {self.stop.name or 'a signal on another rank'} at epoch {epoch + 1}, batch {batch}; "
                  f"checkpoint {self.ckpt_path} written; {resume_command(self.dist.world)}")
         raise SystemExit(self.stop.exit_code if self.stop.signum else 143)
 
@@ -340,7 +297,7 @@ class Trainer:
                 if self.dist.main:
                     self._write_metrics()
                     acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
-                    _log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                    log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
                          f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
                 if self.stop.signum and epoch + 1 < cfg.epochs:
                     self._exit(epoch, len(self.train_loader))
@@ -366,16 +323,14 @@ class Trainer:
             "train_images_per_s": seen / max(train_s, 1e-9),
             "checkpoint": os.path.abspath(self.ckpt_path), "device": str(self.device),
             # where the teacher's signals came from: online, cached (the teacher never ran) or filling
-            "teacher_source": self.t_signals.mode if self.t_signals is not None else None,
+            "teacher_source": self.teacher_source.mode if self.teacher_source is not None else None,
         }
         if self.dist.main:
             atomic_write_json(os.path.join(self.cfg.out, "summary.json"), summary)
         return summary
 
     def close(self) -> None:
-        self.s_signals.close()
-        if self.t_signals:
-            self.t_signals.close()
+        self.run.close()
 
 
 def _procs(n: int) -> str:
@@ -390,7 +345,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if distributed.elastic_restart() and os.path.exists(os.path.join(cfg.out, CHECKPOINT)):
         resume = True  # torchrun restarted the workers after a failure: continue from the last checkpoint
         if distributed.is_main_process():
-            _log(f"torchrun restart {distributed.elastic_restart()}: resuming from {os.path.join(cfg.out, CHECKPOINT)}")
+            log(f"torchrun restart {distributed.elastic_restart()}: resuming from {os.path.join(cfg.out, CHECKPOINT)}")
     try:
         trainer = Trainer(cfg, resume=resume)
         try:
@@ -400,5 +355,5 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     except RuntimeError as exc:
         if not distributed.lost_peer(exc):
             raise
-        _log(f"fastkd: error: {distributed.lost_peer_message(exc)}")
+        log(f"fastkd: error: {distributed.lost_peer_message(exc)}")
         raise SystemExit(1) from None

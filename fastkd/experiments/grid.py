@@ -8,26 +8,26 @@ method, each over several seeds. Every cell is a normal run folder under ``out``
     student/seed<k>/                the student baseline (cross-entropy), shared by every column
     <teacher>/<method>/seed<k>/     the student distilled from that teacher
 
-Cells reuse :func:`fastkd.runs.run_or_reuse`: a finished cell is read back, a stopped one resumes from
+Cells reuse :func:`fastkd.experiments.runs.run_or_reuse`: a finished cell is read back, a stopped one resumes from
 its last checkpoint, so the grid survives being stopped and restarted with the same command. The table
-and plots are written by :func:`fastkd.gridreport.write_report`, the same code as ``fastkd report``.
+and plots are written by :func:`fastkd.experiments.report.write_report`, the same code as ``fastkd report``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, NamedTuple, Optional
 
+from fastkd.log import log
 from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
-from fastkd.runs import run_or_reuse
+from fastkd.experiments.report import SPEC_FILE, write_report
+from fastkd.experiments.runs import run_or_reuse
 from fastkd.train.config import TrainConfig
 
-SPEC_FILE = "grid-spec.json"
 _NOT_SETTABLE = {"data", "out", "student", "teacher", "teacher_weights", "method", "method_options", "seed"}
 
 
@@ -138,14 +138,11 @@ class Progress:
         took = "reused" if seconds is None else f"{seconds:.1f} s"
         eta = f", ~{per * left / 60:.1f} min left" if per is not None and left else ""
         rate = f"; {per:.1f} s per trained cell" if per is not None else ""
-        print(f"[grid] {self.done}/{self.total} cells done ({cell.label}: {took}){rate}{eta}",
-              file=sys.stderr, flush=True)
+        log(f"[grid] {self.done}/{self.total} cells done ({cell.label}: {took}){rate}{eta}")
 
 
 def run_grid(spec: GridSpec, progress: bool = True) -> dict:
     """Train (or reuse) every cell of ``spec``, then write the table and plots; returns the report."""
-    from fastkd.gridreport import write_report
-
     spec = spec.check()
     os.makedirs(spec.out, exist_ok=True)
     _save_spec(spec)
@@ -173,12 +170,12 @@ def _fill_teacher_cache(spec: GridSpec, cfg: TrainConfig) -> None:
     every signal that any method of the grid needs, in one teacher pass at the cells' batch size (``fastkd
     cache build``), so that no method cell runs the teacher (a cell whose signals are all there never loads
     it). Nothing to do when the cache already holds them all; maps beyond ``--cache-budget`` stay online."""
-    from fastkd.cache.build import build_cache
+    from fastkd.train.cache_fill import build_cache
 
     parts = list(dict.fromkeys(part for m in spec.methods for part in m.split("+")))
     union = "+".join(parts)
     options = {m: o for m, o in spec.method_options.items() if m in parts}
-    print(f"[grid] teacher cache for {cfg.teacher}, seed {cfg.seed}: {union}", file=sys.stderr, flush=True)
+    log(f"[grid] teacher cache for {cfg.teacher}, seed {cfg.seed}: {union}")
     build_cache(replace(cfg, method=union, method_options=options), batch_size=cfg.batch_size, progress=cfg.progress)
 
 
@@ -194,23 +191,13 @@ def _evaluate_teacher(spec: GridSpec, cell: Cell, path: str) -> dict:
     if os.path.isfile(done):
         with open(done) as f:
             return json.load(f)
-    from fastkd.pipelines import Loader, open_converted
-    from fastkd.train.distributed import Dist, resolve_device
-    from fastkd.train.evaluate import evaluate
-    from fastkd.train.weights import build_teacher
+    from fastkd.train.build import evaluate_weights
 
-    cfg = _cell_config(spec, cell, None)
-    data = open_converted(cfg.data)
-    split = cfg.eval_split or ("test" if "test" in data.splits() else "val")
-    device = resolve_device(cfg.device, Dist())
-    loader = Loader(data, split, backend=cfg.backend, batch_size=cfg.batch_size, train=False, res=cfg.res,
-                    workers=cfg.workers, device=device)
-    model = build_teacher(cell.teacher, path, data.num_classes, loader.low_res).to(device)
-    result = evaluate(model, loader)
+    result = evaluate_weights(_cell_config(spec, cell, None), path)
     summary = {"student": cell.teacher, "teacher": None, "method": "ce", "epochs": None, "seed": None,
                "top1": result["top1"], "top5": result.get("top5"), "checkpoint": os.path.abspath(path),
                "evaluated_from": os.path.abspath(path)}
     os.makedirs(cell.out, exist_ok=True)
     atomic_write_json(done, summary)
-    print(f"[grid] teacher {cell.teacher}: {summary['top1']:.2f} top-1 from {path}", file=sys.stderr, flush=True)
+    log(f"[grid] teacher {cell.teacher}: {summary['top1']:.2f} top-1 from {path}")
     return summary

@@ -5,7 +5,7 @@ decoded once into one flat uint8 buffer on the device, packed without padding: a
 the whole split fits the memory limit (a view is then cut from exactly the pixels the torch backend
 decodes, its box on whole pixels), else with the aspect kept and the shorter side at most the policy's
 ``base``, the side torchvision's evaluation resizes to (``decode.capped_image``). A batch of views is
-then each box scaled to its held image's pixels and cut on the device (``device_views.cut_views``; on a
+then each box scaled to its held image's pixels and cut on the device (``resize.cut_views``; on a
 CPU :func:`resize_views`, with the box edges on whole held pixels): the same boxes the other backends cut.
 """
 from __future__ import annotations
@@ -68,6 +68,7 @@ class HeldPhotos:
                 if error is not None:
                     raise fail(i, error)
                 assert image.shape[:2] == tuple(self.shapes[i]), (i, image.shape, self.shapes[i])
+                image = np.require(image, requirements="W")  # PIL's arrays are read-only: torch would warn
                 self.flat[self.offsets[i] : self.offsets[i + 1]].copy_(torch.from_numpy(image).reshape(-1))
                 i += 1
 
@@ -79,7 +80,7 @@ class HeldPhotos:
         images = [self.flat[self.offsets[i] : self.offsets[i + 1]].view(*self.shapes[i], 3) for i in idx]
         if self.device.type == "cpu":
             return resize_views(images, held, out)
-        from .device_views import cut_views
+        from .resize import cut_views
 
         return cut_views([im.permute(2, 0, 1) for im in images], held, out)
 
@@ -89,7 +90,7 @@ def resize_views(images, boxes: np.ndarray, out: int) -> torch.Tensor:
     rounded to whole held pixels (a shift under half a held pixel), resized by torch's uint8 antialiased
     bilinear (torchvision's tensor ``RandomResizedCrop``: vectorised, 5-10x faster than ``cut_views``'
     float ``roi_align`` per sample), mirrored where ``boxes[k, 4]`` is set."""
-    from .device_views import resize_hwc
+    from .resize import resize_hwc
 
     res = torch.empty((len(images), out, out, 3), dtype=torch.uint8)
     edges = np.round(np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], 1)).astype(np.int64)

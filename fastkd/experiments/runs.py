@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+from fastkd.log import log
 from fastkd.atomic import atomic_write_json, atomic_write_text
 from fastkd.errors import UserError
 from fastkd.ownership import only_run_files, prepare_owned, run_lock
@@ -26,14 +26,14 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
         with open(done) as f:
             return json.load(f)
     if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
-        print(f"[{tag}] {label} (resumed)", file=sys.stderr, flush=True)
+        log(f"[{tag}] {label} (resumed)")
         return train(cfg, resume=True)
     distributed.init(cfg.device)  # under torchrun: the process group, for the barrier
     with run_lock(cfg.out):  # rank 0: no other process trains (or clears) this cell meanwhile
         if distributed.is_main_process():  # rank 0 owns the run folders
             # empties only a cell folder this command made (marker), or one holding only run files
             prepare_owned(cfg.out, CELL, legacy=lambda folder, names: only_run_files(names))
-            print(f"[{tag}] {label}", file=sys.stderr, flush=True)
+            log(f"[{tag}] {label}")
         distributed.barrier()  # no rank opens the cell before rank 0 has cleared it
         return train(cfg)
 

@@ -22,8 +22,10 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from fastkd.atomic import atomic_write_text
 from fastkd.errors import UserError
-from fastkd.report import format_table
+from fastkd.tables import format_table
 from fastkd.safe_paths import plain_name
+
+SPEC_FILE = "grid-spec.json"  # written by a grid: column order, rows, published values
 
 
 NO_TEACHER = "no-teacher"  # the one column of baselines-only folders
@@ -159,8 +161,6 @@ def build_tables(root: str) -> List[Table]:
 
 
 def _spec(root: str) -> Optional[dict]:
-    from fastkd.grid import SPEC_FILE
-
     path = os.path.join(root, SPEC_FILE)
     if not os.path.isfile(path):
         return None
@@ -218,7 +218,7 @@ def csv_text(tables: List[Table]) -> str:
 
 def write_report(root: str, quiet: bool = False) -> dict:
     """Write report.md, report.csv, report.json and plots/ under ``root``; returns what was written."""
-    from fastkd.plots import plot_bars, plot_curves
+    from fastkd.experiments.plots import plot_bars, plot_curves
 
     tables = build_tables(root)
     text = "\n".join(markdown(t) for t in tables)

@@ -3,7 +3,8 @@
 The teacher runs in eval mode without gradients over every view of every epoch, in large batches (the
 cache is addressed by (epoch, dataset index), so the batch size need not be the training run's; outputs
 agree with a fused-loop fill to float rounding, and bit for bit at the same batch size). The loader is the
-training loader of the same options, so the views are the ones the student run will see.
+training loader of the same options, built by the same composition root (``fastkd.train.build``), so
+the views are the ones the student run will see.
 
 Under torchrun the ranks share the fill: the epoch order is dealt to them in blocks of the batch size, as a
 training run deals it, so each rank runs the teacher on disjoint rows and writes them into the shared maps
@@ -13,39 +14,24 @@ process would write). Rank 0 reports once every rank is done.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import torch
 
-from fastkd.methods import parse_methods
-from fastkd.models import model_taps
-from fastkd.pipelines import Loader, open_converted
+from fastkd.cache.info import cache_info
+
+from . import distributed, tricks
+from .build import build_run
 
 
 def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> "dict | None":
-    """Fill ``cfg.teacher_cache`` for the run ``cfg`` (a ``TrainConfig``; its student is ignored) and return
-    what :func:`fastkd.cache.info.cache_info` says about it (on rank 0; None on the other ranks of a torchrun
-    job, each of which filled its share of every epoch)."""
+    """Fill ``cfg.teacher_cache`` for the run ``cfg`` (a ``TrainConfig``; its student is ignored), the teacher
+    run in batches of ``batch_size``, and return what :func:`fastkd.cache.info.cache_info` says about it (on
+    rank 0; None on the other ranks of a torchrun job, each of which filled its share of every epoch)."""
     from tqdm import tqdm
 
-    from fastkd.train import distributed, tricks
-    from fastkd.train.signals import SignalModel
-    from fastkd.train.teacher import TeacherSource, teacher_network
-
-    from .info import cache_info
-
-    dist = distributed.init(cfg.device)
-    device = distributed.resolve_device(cfg.device, dist)
-    data = open_converted(cfg.data)
-    augment = cfg.augment_config()
-    loader = Loader(data, cfg.train_split, backend=cfg.backend, batch_size=batch_size, train=True, res=cfg.res,
-                    seed=cfg.seed, workers=cfg.workers, device=device, drop_last=False, augment=augment,
-                    views=cfg.views, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world)
-    teacher = teacher_network(cfg, data.num_classes, loader.low_res, device)
-    methods = parse_methods(cfg.method, cfg.method_options)
-    taps = model_taps(teacher)
-    for m in methods:  # pair-dependent taps (overhaul's stages=auto) as for a student of the same family
-        m.select_taps(taps, taps)
-    source = TeacherSource(SignalModel(teacher, set().union(*(m.needs for m in methods))), cfg, loader, dist, device)
+    run = build_run(replace(cfg, batch_size=batch_size), "cache")
+    loader, source, dist, device = run.train_loader, run.teacher_source, run.dist, run.device
     amp = tricks.amp_dtype(cfg.amp)
     try:
         if source.mode != "cached":
@@ -61,5 +47,5 @@ def build_cache(cfg, batch_size: int = 256, progress: bool = True) -> "dict | No
                 source.cache.flush()
         distributed.barrier()  # every rank's rows are on disk before rank 0 reports (and lets go of the fill lock)
     finally:
-        source.close()
+        run.close()
     return cache_info(cfg.teacher_cache) if dist.main else None

@@ -8,13 +8,13 @@ interrupted ablation resumes cell by cell.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fastkd.log import log
 from fastkd.errors import UserError
-from fastkd.report import format_table
-from fastkd.runs import run_or_reuse, write_results
+from fastkd.tables import format_table
+from fastkd.experiments.runs import run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
 
 HEADERS = ["#", "trick", "top-1 %", "change vs previous", "train s", "options added"]
@@ -64,10 +64,10 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
         if k and name not in wanted:
             continue
         if name == "pretrained weights" and not pretrained:
-            print("[ablate] skipping 'pretrained weights': no --pretrained file given", file=sys.stderr)
+            log("[ablate] skipping 'pretrained weights': no --pretrained file given")
             continue
         if name == "zero-gamma" and not _has_residual_blocks(cfg.student):
-            print(f"[ablate] skipping 'zero-gamma': {cfg.student} has no additive residual blocks", file=sys.stderr)
+            log(f"[ablate] skipping 'zero-gamma': {cfg.student} has no additive residual blocks")
             continue
         current = replace(current, **overrides)
         run = os.path.join(out, f"{k:02d}-{name.replace(' ', '_').replace(':', '')}")

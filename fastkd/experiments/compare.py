@@ -10,8 +10,8 @@ import statistics
 from dataclasses import replace
 from typing import List, Sequence
 
-from fastkd.report import format_table
-from fastkd.runs import run_or_reuse, write_results
+from fastkd.tables import format_table
+from fastkd.experiments.runs import run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
 
 HEADERS = ["method", "top-1 mean %", "top-1 std", "seeds", "per-seed top-1 %", "train s (mean)"]
