@@ -20,6 +20,24 @@ def run(*args, cwd=None):
     return subprocess.run(FASTKD + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def run_here(*args):
+    """``fastkd ARGS`` in this process (``fastkd.cli.main``, the console script's entry point): the same exit
+    code and stderr as :func:`run` without a new interpreter importing torch (~2 s each)."""
+    import contextlib
+    import io
+    import types
+
+    from fastkd.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def assert_user_error(result, *fragments):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -38,31 +56,31 @@ def test_list_models_shows_every_registered_model_with_parameter_counts():
 
 
 def test_list_datasets_methods_backends(orl_data):
-    listed = run("list", "datasets").stdout
+    listed = run_here("list", "datasets").stdout
     assert all(d in listed for d in DATASETS.names())
-    converted = run("list", "datasets", "--data", orl_data).stdout
+    converted = run_here("list", "datasets", "--data", orl_data).stdout
     assert "train" in converted and "320" in converted and "80" in converted
-    methods, backends = run("list", "methods").stdout, run("list", "backends").stdout
+    methods, backends = run_here("list", "methods").stdout, run_here("list", "backends").stdout
     assert all(m in methods for m in list_methods())
     assert all(b in backends for b in BACKENDS.names())
 
 
 def test_user_errors_are_one_line_with_exit_2(orl_data, tmp_path):
     assert_user_error(run("convert", "--dataset", "imagenet9", "--out", str(tmp_path / "o")), "unknown dataset")
-    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path / "missing"),
-                          "--out", str(tmp_path / "o")), "does not exist")
-    assert_user_error(run("convert", "--dataset", "orl_faces", "--root", str(tmp_path), "--out", str(tmp_path) + "-o"),
-                      "expected", "s1", "1.pgm")
-    assert_user_error(run("train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--model", "resnet32"),
-                      "not a fastkd conversion")
+    assert_user_error(run_here("convert", "--dataset", "orl_faces", "--root", str(tmp_path / "missing"),
+                               "--out", str(tmp_path / "o")), "does not exist")
+    assert_user_error(run_here("convert", "--dataset", "orl_faces", "--root", str(tmp_path),
+                               "--out", str(tmp_path) + "-o"), "expected", "s1", "1.pgm")
+    assert_user_error(run_here("train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--model",
+                               "resnet32"), "not a fastkd conversion")
     base = ["train", "--data", orl_data, "--out", str(tmp_path / "r")]
-    assert_user_error(run(*base, "--model", "resnet1000"), "unknown model", "resnet32")
-    assert_user_error(run(*base, "--model", "resnet32", "--method", "magic"), "unknown method")
-    assert_user_error(run(*base, "--model", "resnet32", "--backend", "tfds"), "unknown backend")
-    assert_user_error(run(*base, "--model", "resnet32", "--method", "kd"), "--teacher-weights")
-    assert_user_error(run(*base, "--model", "resnet32", "--no-such-flag"), "--no-such-flag")
-    assert_user_error(run("eval", "--data", orl_data, "--checkpoint", str(tmp_path / "none.pt")), "does not exist")
-    assert_user_error(run("bench", "loader", "--data", orl_data, "--references", "tfds-own"),
+    assert_user_error(run_here(*base, "--model", "resnet1000"), "unknown model", "resnet32")
+    assert_user_error(run_here(*base, "--model", "resnet32", "--method", "magic"), "unknown method")
+    assert_user_error(run_here(*base, "--model", "resnet32", "--backend", "tfds"), "unknown backend")
+    assert_user_error(run_here(*base, "--model", "resnet32", "--method", "kd"), "--teacher-weights")
+    assert_user_error(run_here(*base, "--model", "resnet32", "--no-such-flag"), "--no-such-flag")
+    assert_user_error(run_here("eval", "--data", orl_data, "--checkpoint", str(tmp_path / "none.pt")), "does not exist")
+    assert_user_error(run_here("bench", "loader", "--data", orl_data, "--references", "tfds-own"),
                       "unknown --references tfds-own", "ffcv-own")
     assert not os.path.exists(tmp_path / "o") and not os.path.exists(tmp_path / "r")
 
