@@ -1,6 +1,7 @@
 """Tools for tests that build miniature copies of official dataset layouts and check conversions."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -87,3 +88,14 @@ def train_one_epoch(out: str, tmp: str, res: int = 32, extra: List[str] = ()) ->
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int, mode: str = "RGB", **save) -> bytes:
+    """uint8 (H, W, 3) ``pixels`` as JPEG bytes, converted to ``mode`` first (e.g. "L", "CMYK"); ``save``: more
+    PIL options (progressive, subsampling...)."""
+    im = Image.fromarray(pixels)
+    if mode != "RGB":
+        im = im.convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, **save)
+    return buf.getvalue()

@@ -13,16 +13,11 @@ from PIL import Image
 from fastkd.bench.photos import photo
 from fastkd.pipelines import decode, jpeg_window
 from fastkd.pipelines.view_policy import ViewPolicy
+from layout_tools import encode_jpeg
 
 
 def _jpeg(width: int, height: int, seed: int = 0, mode: str = "RGB", **save) -> bytes:
-    pixels = photo(np.random.default_rng(seed), height, width)
-    im = Image.fromarray(pixels)
-    if mode != "RGB":
-        im = im.convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=90, **save)
-    return buf.getvalue()
+    return encode_jpeg(photo(np.random.default_rng(seed), height, width), 90, mode, **save)
 
 
 def _whole(data: bytes, scale: int) -> np.ndarray:

@@ -5,9 +5,7 @@ from JSON that become paths stay inside their folder; bad option values are one-
 option."""
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import io
 import json
 import os
 import re
@@ -23,19 +21,14 @@ from PIL import Image
 from fastkd.errors import UserError
 from fastkd.limits import ENV, MAX_IMAGE_PIXELS, max_image_pixels
 from fastkd.pipelines import decode, jpeg_window
+from layout_tools import encode_jpeg
 
 FASTKD = [sys.executable, "-m", "fastkd"]
 
 
 def jpeg(width: int = 64, height: int = 48, mode: str = "RGB", **save) -> bytes:
     rng = np.random.default_rng(width * height)
-    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    im = Image.fromarray(pixels)
-    if mode != "RGB":
-        im = im.convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=85, **save)
-    return buf.getvalue()
+    return encode_jpeg(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), 85, mode, **save)
 
 
 def declare(data: bytes, width: int, height: int) -> bytes:
