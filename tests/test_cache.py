@@ -17,6 +17,7 @@ from fastkd.methods.kd import kd_loss
 from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import Trainer
+from run_tools import fit
 
 FAST = dict(student="resnet32", teacher="resnet32", epochs=1, batch_size=64, lr=0.05, res=16, workers=0,
             progress=False, device="cpu")
@@ -27,22 +28,12 @@ def _cfg(data, out, teacher_weights, **kw):
     return TrainConfig(data=data, out=str(out), teacher_weights=teacher_weights, **{**FAST, "method": METHODS, **kw})
 
 
-def _fit(cfg):
-    trainer = Trainer(cfg)
-    mode = trainer.teacher_source.mode
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
-    return mode, checkpoint.load(os.path.join(cfg.out, "checkpoint.pt"))["model"]
-
-
 @pytest.fixture(scope="module")
 def filled(orl_data, teacher_weights, tmp_path_factory):
     """An online run, and a float32 cache filled by the same run with --teacher-cache."""
     root = tmp_path_factory.mktemp("cached")
-    online = _fit(_cfg(orl_data, root / "online", teacher_weights))
-    fill = _fit(_cfg(orl_data, root / "fill", teacher_weights, teacher_cache=str(root / "cache"), cache_dtype="float32"))
+    online = fit(_cfg(orl_data, root / "online", teacher_weights))
+    fill = fit(_cfg(orl_data, root / "fill", teacher_weights, teacher_cache=str(root / "cache"), cache_dtype="float32"))
     return root, online, fill
 
 

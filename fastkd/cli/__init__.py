@@ -1,4 +1,4 @@
-"""The ``fastkd`` command: convert, verify, train, eval, compare, ablate, grid, report, bench, list, demo.
+"""The ``fastkd`` command: convert, verify, train, eval, export, compare, ablate, grid, report, bench, list, demo.
 
 A user's mistake (``UserError`` or a usage error) is printed as one line, ``fastkd: error: ...``, with
 exit code 2 and no traceback; so is a full disk (ENOSPC, or EDQUOT: over quota), exit code 1: every
@@ -21,7 +21,7 @@ def cli():
 
 
 def main(argv=None) -> None:
-    from . import ablate, bench, cache, compare, convert, demo, grid, listing, train, verify  # noqa: F401  (register subcommands)
+    from . import ablate, bench, cache, compare, convert, demo, export, grid, listing, train, verify  # noqa: F401  (register subcommands)
     from fastkd.malloc import keep_freed_memory
 
     keep_freed_memory()  # big tensors without page faults (fastkd/malloc.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .config_options import CELLS_TENSORBOARD, config_options
 from .options import backend_option
 
 
@@ -25,17 +26,20 @@ from .options import backend_option
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def ablate(data, model, out, tricks, pretrained, epochs, batch_size, lr, res, seed, backend, workers, device, quiet):
+@config_options(["tensorboard"], {"tensorboard": CELLS_TENSORBOARD})
+def ablate(data, model, out, tricks, pretrained, epochs, batch_size, lr, res, seed, backend, workers, device, quiet,
+           tensorboard):
     """Train a baseline, then add the training tricks one at a time; write the table as Markdown and JSON."""
     from fastkd.experiments.ablate import run_ablation
-    from fastkd.models import MODELS
+    from fastkd.models import canonical_name
     from fastkd.pipelines import BACKENDS, open_converted
     from fastkd.train.config import TrainConfig
 
-    MODELS.canonical(model)
+    canonical_name(model)
     BACKENDS.canonical(backend)
     open_converted(data)
     only = [t.strip() for t in tricks.split(",") if t.strip()] if tricks else None
     cfg = TrainConfig(data=data, out="", student=model, epochs=epochs, batch_size=batch_size, lr=lr, res=res,
-                      seed=seed, backend=backend, workers=workers, device=device, progress=not quiet)
-    run_ablation(cfg, out or f"runs/ablate-{MODELS.canonical(model)}", only=only, pretrained=pretrained)
+                      seed=seed, backend=backend, workers=workers, device=device, progress=not quiet,
+                      tensorboard=tensorboard)
+    run_ablation(cfg, out or f"runs/ablate-{canonical_name(model)}", only=only, pretrained=pretrained)

@@ -6,6 +6,7 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
+from .config_options import CELLS_TENSORBOARD, config_options
 from .options import backend_option
 
 
@@ -25,8 +26,9 @@ from .options import backend_option
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
+@config_options(["tensorboard"], {"tensorboard": CELLS_TENSORBOARD})
 def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs, batch_size, lr, res, backend,
-            workers, device, quiet):
+            workers, device, quiet, tensorboard):
     """Distil one student with several methods over several seeds; print mean and spread of top-1."""
     from fastkd.experiments.compare import run_compare
     from fastkd.methods import parse_methods
@@ -43,5 +45,5 @@ def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs
     BACKENDS.canonical(backend)
     base = TrainConfig(data=data, out="", student=student, teacher=teacher, teacher_weights=teacher_weights,
                        epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
-                       device=device, progress=not quiet)
+                       device=device, progress=not quiet, tensorboard=tensorboard)
     run_compare(base, names, seed_list, out)

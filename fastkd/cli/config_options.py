@@ -19,6 +19,10 @@ from fastkd.train.config import TrainConfig
 from .options import RegistryOption
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# --tensorboard of the multi-run commands (grid, compare, ablate): one folder of events per cell
+CELLS_TENSORBOARD = {"help": "Also write each cell's metrics.jsonl scalars as TensorBoard events, in this "
+                             "folder/<the cell's folder under --out>, so that `tensorboard --logdir` on it shows the "
+                             "cells side by side (needs tensorboard).", "metavar": "DIR"}
 
 
 def parse_method_options(items) -> dict:

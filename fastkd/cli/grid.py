@@ -6,13 +6,14 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .config_options import config_options, config_values
+from .config_options import CELLS_TENSORBOARD, config_options, config_values
 from .options import memory_limit_option
 
 # the TrainConfig options a grid sets for every run (TrainConfig's declaration; a recipe fills the rest)
-GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "backend", "workers", "device", "progress")
+GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "backend", "workers", "device", "progress", "tensorboard")
 GRID_OVERRIDES = {"epochs": {"help": "Epochs of every run."}, "lr": {"help": "Learning rate of every run."},
-                  "progress": {"help": "No per-epoch progress bars (grid progress lines stay)."}}
+                  "progress": {"help": "No per-epoch progress bars (grid progress lines stay)."},
+                  "tensorboard": CELLS_TENSORBOARD}
 
 
 def _names(value):

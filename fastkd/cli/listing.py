@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from fastkd.errors import UserError
 from fastkd.tables import format_table
 
 from . import cli
@@ -12,9 +13,19 @@ from . import cli
 @click.argument("what", type=click.Choice(["datasets", "models", "methods", "backends"]))
 @click.option("--data", default=None, help="datasets: describe this converted folder from its manifest.")
 @click.option("--markdown", is_flag=True, help="Print a Markdown table.")
-def list_cmd(what, data, markdown):
+@click.option("--source", type=click.Choice(["fastkd", "timm", "torchvision"]), default="fastkd", show_default=True,
+              help="models: the seed's own models, or every classification model of timm / torchvision (use them "
+              "as timm:NAME / torchvision:NAME).")
+@click.option("--filter", "pattern", default="", help="models: only names containing WORD (or matching a pattern "
+              "with *), e.g. --filter convnext.", metavar="WORD")
+def list_cmd(what, data, markdown, source, pattern):
     """List the registered datasets, models (with parameter counts), methods or backends."""
-    headers, rows = globals()[f"_{what}"](data)
+    if what == "models" and source != "fastkd":
+        headers, rows = _zoo_models(source, pattern)
+    else:
+        if source != "fastkd" or pattern:
+            raise UserError("--source and --filter apply to `fastkd list models`")
+        headers, rows = globals()[f"_{what}"](data)
     click.echo(format_table(headers, rows, markdown=markdown))
 
 
@@ -41,6 +52,15 @@ def _models(_):
 
     rows = [[i.name, i.params, ", ".join(i.taps)] for i in describe_models(1000)]
     return ["model", "params (1000 classes)", "feature taps"], rows
+
+
+def _zoo_models(source, pattern):
+    from fastkd.models.zoo import describe_zoo
+
+    rows = [[name, "?" if params is None else params] for name, params in describe_zoo(source, pattern)]
+    if not rows:
+        raise UserError(f"no {source} model matches {pattern!r}; try a shorter --filter")
+    return ["model", "params (1000 classes)"], rows
 
 
 def _methods(_):

@@ -14,8 +14,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from fastkd.log import log
 from fastkd.errors import UserError
 from fastkd.tables import format_table
-from fastkd.experiments.runs import run_or_reuse, write_results
+from fastkd.experiments.runs import cell_tensorboard, run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
+from fastkd.train.tensorboard_log import require as require_tensorboard
 
 HEADERS = ["#", "trick", "top-1 %", "change vs previous", "train s", "options added"]
 
@@ -59,6 +60,7 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
     unknown = wanted - set(TRICKS)
     if unknown:
         raise UserError(f"unknown trick(s) {', '.join(sorted(unknown))}; choose from: {', '.join(TRICKS)}")
+    require_tensorboard(cfg.tensorboard)  # before the first row
     current, table, cells, prev = baseline(cfg), [], {}, None
     for k, (name, overrides) in enumerate(rows):
         if k and name not in wanted:
@@ -72,7 +74,7 @@ def run_ablation(cfg: TrainConfig, out: str, only: Optional[Sequence[str]] = Non
         current = replace(current, **overrides)
         run = os.path.join(out, f"{k:02d}-{name.replace(' ', '_').replace(':', '')}")
         current = replace(current, out=run)
-        summary = run_or_reuse(current, name, "ablate")
+        summary = run_or_reuse(cell_tensorboard(current, out, cfg.tensorboard), name, "ablate")  # <tb>/<k>-<trick>
         cells[name] = summary
         top1 = summary["top1"]
         change = None if prev is None else top1 - prev

@@ -11,13 +11,15 @@ from dataclasses import replace
 from typing import List, Sequence
 
 from fastkd.tables import format_table
-from fastkd.experiments.runs import run_or_reuse, write_results
+from fastkd.experiments.runs import cell_tensorboard, run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
+from fastkd.train.tensorboard_log import require as require_tensorboard
 
 HEADERS = ["method", "top-1 mean %", "top-1 std", "seeds", "per-seed top-1 %", "train s (mean)"]
 
 
 def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str) -> dict:
+    require_tensorboard(base.tensorboard)  # before the first cell
     cells = {}
     for method in methods:
         for seed in seeds:
@@ -25,6 +27,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
             cfg = replace(base, out=os.path.join(out, method, f"seed{seed}"), method=method, seed=seed,
                           teacher=base.teacher if uses_teacher else None,
                           teacher_weights=base.teacher_weights if uses_teacher else None)
+            cfg = cell_tensorboard(cfg, out, base.tensorboard)  # <tensorboard>/<method>/seed<k>
             cells[(method, seed)] = run_or_reuse(cfg, f"{method}, seed {seed}", "compare")
     rows: List[list] = []
     for method in methods:

@@ -25,8 +25,9 @@ from fastkd.log import log
 from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
 from fastkd.experiments.report import SPEC_FILE, write_report
-from fastkd.experiments.runs import run_or_reuse
+from fastkd.experiments.runs import cell_tensorboard, run_or_reuse
 from fastkd.train.config import TrainConfig
+from fastkd.train.tensorboard_log import require as require_tensorboard
 
 _NOT_SETTABLE = {"data", "out", "student", "teacher", "teacher_weights", "method", "method_options", "seed"}
 
@@ -50,7 +51,7 @@ class GridSpec:
     def check(self) -> "GridSpec":
         """Canonical model/method names; unknown names and TrainConfig fields fail before any training."""
         from fastkd.methods import METHODS, parse_methods
-        from fastkd.models import MODELS
+        from fastkd.models import canonical_name
 
         fields = {f.name for f in dataclasses.fields(TrainConfig)} - _NOT_SETTABLE
         for where, opts in (("train", self.train), ("teacher_train", self.teacher_train),
@@ -61,8 +62,8 @@ class GridSpec:
                                 f"allowed: {', '.join(sorted(fields))}")
         if not (self.teachers and self.methods and self.seeds):
             raise UserError("a grid needs at least one teacher, one method and one seed")
-        teachers = [MODELS.canonical(t) for t in self.teachers]
-        weights = {MODELS.canonical(t): p for t, p in self.teacher_weights.items()}
+        teachers = [canonical_name(t) for t in self.teachers]
+        weights = {canonical_name(t): p for t, p in self.teacher_weights.items()}
         for name, path in weights.items():
             if name not in teachers:
                 raise UserError(f"--teacher-weights {name}=... but {name} is not among --teachers "
@@ -77,10 +78,10 @@ class GridSpec:
                 methods.append(canon)
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"--seeds {self.seeds} repeats a seed")
-        spec = replace(self, teachers=list(dict.fromkeys(teachers)), student=MODELS.canonical(self.student),
+        spec = replace(self, teachers=list(dict.fromkeys(teachers)), student=canonical_name(self.student),
                        methods=methods, teacher_weights=weights)
         for cell in plan(spec):  # every cell's option values (TrainConfig's checks), before any cell trains
-            _cell_config(spec, cell, None)
+            require_tensorboard(_cell_config(spec, cell, None).tensorboard)
         return spec
 
 
@@ -108,7 +109,13 @@ def plan(spec: GridSpec) -> List[Cell]:
 
 
 def _cell_config(spec: GridSpec, cell: Cell, teacher_weights: Optional[str]) -> TrainConfig:
-    """The TrainConfig of one cell: the only place a grid run's options are put together."""
+    """The TrainConfig of one cell: the only place a grid run's options are put together. With
+    ``--tensorboard DIR`` the cell's events go to DIR/<its run folder under the grid's>, e.g. DIR/teachers/<t>."""
+    cfg = _cell_options(spec, cell, teacher_weights)
+    return cell_tensorboard(cfg, spec.out, cfg.tensorboard)
+
+
+def _cell_options(spec: GridSpec, cell: Cell, teacher_weights: Optional[str]) -> TrainConfig:
     base = TrainConfig(data=spec.data, out=cell.out, student=spec.student, seed=cell.seed, **spec.train)
     if cell.row == "teacher":
         return replace(base, student=cell.teacher, **spec.teacher_train)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
+from typing import Optional
 
 from fastkd.log import log
 from fastkd.atomic import atomic_write_json, atomic_write_text
@@ -10,6 +12,7 @@ from fastkd.errors import UserError
 from fastkd.ownership import only_run_files, prepare_owned, run_lock
 from fastkd.train import distributed
 from fastkd.train.config import TrainConfig
+from fastkd.train.tensorboard_log import export as export_tensorboard
 from fastkd.train.trainer import CHECKPOINT, train
 
 CELL = "cell"  # the marker kind of a cell folder of compare, ablate or grid
@@ -23,6 +26,10 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
         _check_same_options(cfg, label)
+        metrics = os.path.join(cfg.out, "metrics.jsonl")
+        if cfg.tensorboard and os.path.isfile(metrics) and distributed.is_main_process():
+            with open(metrics) as f:  # a cell finished before --tensorboard was given: the epochs its folder lacks
+                export_tensorboard(cfg.tensorboard, [json.loads(line) for line in f if line.strip()])
         with open(done) as f:
             return json.load(f)
     if os.path.isfile(os.path.join(cfg.out, CHECKPOINT)):
@@ -36,6 +43,15 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
             log(f"[{tag}] {label}")
         distributed.barrier()  # no rank opens the cell before rank 0 has cleared it
         return train(cfg)
+
+
+def cell_tensorboard(cfg: TrainConfig, root: str, folder: Optional[str]) -> TrainConfig:
+    """``cfg`` (a cell whose run folder is under ``root``) with its TensorBoard folder
+    ``<folder>/<the cell's run folder under root>`` (``--tensorboard folder`` of compare, ablate or grid), so
+    that ``tensorboard --logdir folder`` shows the cells side by side under their run folders' names."""
+    if not folder:
+        return cfg
+    return replace(cfg, tensorboard=os.path.join(folder, os.path.relpath(cfg.out, root)))
 
 
 def _check_same_options(cfg: TrainConfig, label: str) -> None:

@@ -16,8 +16,8 @@ each stage's pre-activation is read:
 * several ``sources`` are concatenated along channels (SqueezeNet's two expand branches).
 * ``bn``: the BatchNorm whose affine parameters model the tap's distribution per channel as
   N(beta, gamma^2) (the paper's margin, section 3.2); ``None`` where no BatchNorm precedes.
-* ``activation``: what the network applies to the tap next (``"relu"``, ``"relu6"``, ``"identity"``),
-  documentation for users and tests.
+* ``activation``: what the network applies to the tap next (``"relu"``, ``"relu6"``, ``"identity"``, and for
+  zoo models ``"gelu"``, ``"silu"``, ``"hardswish"``, ``"leaky_relu"``), documentation for users and tests.
 
 :class:`~fastkd.models.taps.FeatureTaps` captures them by name like any tap: ``preK`` is the N x C x H x W
 pre-activation map and ``preK_stats`` the 2 x C tensor ``[mean; std]`` of the Gaussian modelling it
@@ -36,11 +36,12 @@ import torch
 from torch import nn
 
 from ..tap_names import PRE_TAPS, STATS_SUFFIX, split_stats
+from .layouts import LAYOUTS, to_map
 
 #: Attribute holding ``{tap name: PreActTap}`` on every model built by the zoo.
 PREACT_ATTR = "fastkd_preact_taps"
 _READS = ("input", "output")
-_ACTIVATIONS = ("relu", "relu6", "identity")
+_ACTIVATIONS = ("relu", "relu6", "identity", "gelu", "silu", "hardswish", "leaky_relu")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class PreActTap:
     read: str = "input"
     bn: Optional[str] = None
     activation: str = "relu"
+    #: what the source yields (zoo models: :mod:`.zoo_taps`): ``nchw``, ``nhwc`` or ``tokens`` (N x L x C with
+    #: ``prefix_tokens`` leading class/register tokens); the tap is always read as N x C x H x W.
+    layout: str = "nchw"
+    prefix_tokens: int = 0
 
     @property
     def module(self) -> str:
@@ -67,7 +72,8 @@ class PreActTap:
 def attach_preact_taps(model: nn.Module, taps: Dict[str, PreActTap]) -> nn.Module:
     """Set ``model.fastkd_preact_taps`` after checking every source and BatchNorm is a real submodule."""
     for name, tap in taps.items():
-        if name not in PRE_TAPS or not tap.sources or tap.read not in _READS or tap.activation not in _ACTIVATIONS:
+        if (name not in PRE_TAPS or not tap.sources or tap.read not in _READS or tap.activation not in _ACTIVATIONS
+                or tap.layout not in LAYOUTS):
             raise ValueError(f"pre-activation tap {name!r}: bad spec {tap}")
         for target in tap.sources:
             model.get_submodule(target)  # AttributeError on a typo: a bug in the zoo
@@ -156,6 +162,8 @@ def register_preact_hooks(
             if any(p is None for p in parts):
                 raise RuntimeError(f"pre-activation tap {base}: {specs[base].sources} did not run in the forward")
             x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            if specs[base].layout != "nchw":
+                x = to_map(x, specs[base].layout, specs[base].prefix_tokens)
             if want_map:
                 sink[base] = x
             if want_stats:

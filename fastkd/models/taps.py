@@ -15,7 +15,7 @@ Gaussian statistics, :mod:`.preact`) are captured the same way by name. The name
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import UserError
 from ..tap_names import EMBEDDING, LOGITS, check_names
 from .common import NAME_ATTR, TAPS_ATTR
+from .layouts import READS_ATTR, TapRead, to_map
 from .preact import preact_tap_names, register_preact_hooks
 
 
@@ -101,14 +102,19 @@ class FeatureTaps:
         self.pool_embedding = pool_embedding
         self.outputs: Dict[str, torch.Tensor] = {}
         preact = preact_tap_names(inner)
-        by_module: Dict[str, List[str]] = {}
+        reads: Dict[str, TapRead] = getattr(inner, READS_ATTR, None) or {}
+        by_module: Dict[Tuple[str, str], List[str]] = {}
         for name in self.names:
             if name not in preact:
-                by_module.setdefault(available[name], []).append(name)
+                by_module.setdefault((available[name], reads.get(name, TapRead()).read), []).append(name)
         self._handles = [inner.register_forward_pre_hook(self._reset)]
-        for target, tap_names in by_module.items():
+        for (target, read), tap_names in by_module.items():
             module = inner.get_submodule(target)
-            self._handles.append(module.register_forward_hook(self._hook(tap_names)))
+            hook = self._hook([(name, reads.get(name, TapRead())) for name in tap_names])
+            if read == "input":
+                self._handles.append(module.register_forward_pre_hook(lambda mod, args, hook=hook: hook(mod, args, args[0])))
+            else:
+                self._handles.append(module.register_forward_hook(hook))
         wanted_preact = [name for name in self.names if name in preact]
         if wanted_preact:  # read by their own hooks, filled in at the end of the forward
             self._handles += register_preact_hooks(inner, wanted_preact, lambda: self.outputs)
@@ -116,13 +122,11 @@ class FeatureTaps:
     def _reset(self, module, args) -> None:
         self.outputs = {}
 
-    def _hook(self, tap_names: List[str]):
+    def _hook(self, taps: List[Tuple[str, TapRead]]):
         def hook(module, args, output):
-            for name in tap_names:
-                if name == EMBEDDING and self.pool_embedding:
-                    self.outputs[name] = pool_embedding(output)
-                else:
-                    self.outputs[name] = output
+            for name, how in taps:
+                value = to_map(output, how.layout, how.prefix_tokens) if how.layout != "nchw" else output
+                self.outputs[name] = pool_embedding(value) if name == EMBEDDING and self.pool_embedding else value
 
         return hook
 

@@ -109,9 +109,9 @@ def _memory_format(cfg: TrainConfig):
 def _build_training_side(run: Run) -> None:
     cfg, loader = run.cfg, run.train_loader
     needs = set().union(*(m.needs for m in run.methods))
-    run.student = build_student(cfg, run.data.num_classes, loader.low_res, run.device, run.dist.main)
+    run.student = build_student(cfg, run.data.num_classes, loader.low_res, run.device, run.dist.main, loader.res)
     if needs:
-        run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device)
+        run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device, loader.res)
         run.teacher = run.teacher.to(memory_format=_memory_format(cfg))
     elif cfg.teacher or cfg.teacher_weights:
         raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
@@ -121,13 +121,14 @@ def _build_training_side(run: Run) -> None:
     if teacher_signals is not None:  # online, or read from / written to --teacher-cache
         run.teacher_source = TeacherSource(teacher_signals, cfg, loader, run.dist, run.device)
     extra = [p for m in run.methods for p in m.parameters()]
-    run.optimizer = torch.optim.SGD(tricks.param_groups(run.student, extra, cfg.weight_decay, cfg.no_bias_decay),
-                                    lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    groups = tricks.param_groups(run.student, extra, cfg.weight_decay, cfg.no_bias_decay,
+                                 head=getattr(run.student, "fastkd_new_head", ()), body_lr_scale=cfg.body_lr_scale)
+    run.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def _build_cache_side(run: Run) -> None:
     cfg, loader = run.cfg, run.train_loader
-    run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device)
+    run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device, loader.res)
     taps = model_taps(run.teacher)
     for m in run.methods:  # pair-dependent taps (overhaul's stages=auto) as for a student of the same family
         m.select_taps(taps, taps)
@@ -136,22 +137,40 @@ def _build_cache_side(run: Run) -> None:
 
 
 def build_student(cfg: TrainConfig, num_classes: int, low_res: bool, device: torch.device,
-                  report: bool = True) -> nn.Module:
+                  report: bool = True, res: Optional[int] = None) -> nn.Module:
     """The student of ``cfg``: its architecture, initialisation tricks, pretrained weights and dropout, on
     ``device`` in the run's memory format (SyncBatchNorm under ``--sync-bn``)."""
-    student = create_model(cfg.student, num_classes, low_res)
+    student = create_model(cfg.student, num_classes, low_res, res=res)  # res: zoo models' input side
     tricks.initialise(student, cfg.init)
     if cfg.zero_gamma:
         tricks.zero_gamma(student)
-    if cfg.pretrained:
-        left = tricks.load_pretrained(student, cfg.pretrained)
-        if left and report:
-            log(f"--pretrained: {len(left)} tensors kept their initialisation ({', '.join(left[:4])}"
-                f"{', ...' if len(left) > 4 else ''})")
+    head = _load_pretrained(student, cfg, num_classes, report) if cfg.pretrained else ()
     if cfg.dropout:
         tricks.add_dropout(student, cfg.dropout)
     student = student.to(device, memory_format=_memory_format(cfg))
-    return sync_bn.convert(student, device) if cfg.sync_bn else student
+    student = sync_bn.convert(student, device) if cfg.sync_bn else student
+    student.fastkd_new_head = head  # parameter names of a classifier replaced for fine-tuning (at --lr)
+    return student
+
+
+def _load_pretrained(student: nn.Module, cfg: TrainConfig, num_classes: int, report: bool) -> tuple:
+    """``--pretrained`` into ``student``, one line per tensor group left at its initialisation and one for
+    ``--body-lr-scale``; returns the names of the new head's parameters."""
+    from .weights import load_pretrained
+
+    fit = load_pretrained(student, cfg.pretrained, num_classes)
+    scale = cfg.body_lr_scale
+    if report and fit.head:
+        log(f"--pretrained {cfg.pretrained}: classifier {fit.head_module} ({fit.head_classes} classes) replaced by a "
+            f"new {num_classes}-class head")
+    if report and fit.stem:
+        log(f"--pretrained {cfg.pretrained}: the stem {fit.stem[0].rsplit('.', 1)[0]} keeps its initialisation "
+            "(this low-resolution stem has another kernel size than the file's)")
+    if report and scale != 1.0:
+        log(f"--body-lr-scale {scale}: the pretrained body trains at {scale} x --lr, the new head "
+            f"{fit.head_module} at --lr" if fit.head else
+            f"--body-lr-scale {scale}: no head was replaced, so every student parameter trains at {scale} x --lr")
+    return tuple(fit.head)
 
 
 def evaluate_weights(cfg: TrainConfig, weights: str) -> dict:
@@ -162,7 +181,8 @@ def evaluate_weights(cfg: TrainConfig, weights: str) -> dict:
     from .weights import build_teacher
 
     run = build_run(cfg, "eval")
-    model = build_teacher(cfg.student, weights, run.data.num_classes, run.eval_loader.low_res)
+    model = build_teacher(cfg.student, weights, run.data.num_classes, run.eval_loader.low_res,
+                          res=run.eval_loader.res)
     return {"split": run.eval_split, **evaluate(model.to(run.device), run.eval_loader)}
 
 

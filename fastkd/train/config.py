@@ -5,7 +5,7 @@ before any data is opened, never a failure at the first step."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Dict, List, Optional
 
 from fastkd.errors import UserError
@@ -17,7 +17,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 CACHE_DTYPES = ("float16", "float32")
 
 # options that do not change the numbers a run produces, so a resume may differ in them
-RESUME_FREE = frozenset({"progress", "workers", "device", "eval_every", "backend", "checkpoint_every"})
+RESUME_FREE = frozenset({"progress", "workers", "device", "eval_every", "backend", "checkpoint_every", "tensorboard"})
 
 
 def option(default=..., help: str = "", *, factory=None, **cli):
@@ -41,7 +41,9 @@ class TrainConfig:
     out: str = option(..., help="Run folder: config, metrics.jsonl, checkpoint.pt, summary.json.", required=True)
     student: str = option(..., help="Model to train (see `fastkd list models`).", aliases=("--model",), required=True)
     teacher: Optional[str] = option(None, "Teacher architecture (read from a fastkd checkpoint if omitted).")
-    teacher_weights: Optional[str] = option(None, "Teacher weights: fastkd checkpoint or torchvision state dict.")
+    teacher_weights: Optional[str] = option(None, "Teacher weights, local: .safetensors, a .pt/.pth/.bin state dict, "
+                                            "a timm/Hugging Face folder (model.safetensors or pytorch_model.bin + "
+                                            "config.json) or a fastkd checkpoint / model.safetensors.")
     teacher_cache: Optional[str] = option(
         None, "Teacher-output cache folder: batches it holds are read (the teacher is not run), the others run the "
         "teacher and are written (see `fastkd cache`).")
@@ -71,9 +73,13 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "Linear warm-up length.")
     # tricks (Bag of Tricks, He et al. 2019, and the seed's list); defaults leave them off
     init: str = option("default", "Weight initialisation (default: each architecture's own).", choices=INITS)
-    pretrained: Optional[str] = option(None, "Local weights for the student (torchvision state dict or fastkd "
-                                       "checkpoint); tensors that do not fit (another classifier, a low-res stem) "
-                                       "keep their init.")
+    pretrained: Optional[str] = option(None, "Local weights to start the student from (any --teacher-weights "
+                                       "format): a classifier of another class count is replaced by a new head "
+                                       "(fine-tuning), a seed model's low-res stem keeps its init; any other "
+                                       "misfit is an error.")
+    body_lr_scale: float = option(1.0, "With --pretrained: learning rate of the pretrained body as a fraction of "
+                                  "--lr; the new head (a classifier replaced for this dataset's classes) trains at "
+                                  "--lr (fine-tuning: 0.1).")
     no_bias_decay: bool = option(False, "No weight decay on biases and norm parameters.")
     label_smoothing: float = option(0.0, "Szegedy et al. 2016 (0.1 usual).")
     lr_scaling: bool = option(False, "Linear scaling: lr x global batch / 256 (Goyal et al. 2017).")
@@ -107,6 +113,10 @@ class TrainConfig:
     eval_every: int = option(1, "Evaluate every N epochs (and after the last).")
     checkpoint_every: float = option(5.0, "Minutes between checkpoints within an epoch (0: at epoch ends only). "
                                      "SIGTERM/SIGINT also write one and exit (codes 143/130).")
+    tensorboard: Optional[str] = option(None, "Also write the metrics.jsonl scalars (loss terms, top-1/top-5, lr, "
+                                        "images/s) as TensorBoard events in this folder, one per run (`tensorboard "
+                                        "--logdir` on their parent shows the runs side by side; needs tensorboard).",
+                                        metavar="DIR")
     progress: bool = option(True, "No progress bars.", flag="--quiet", inverted=True)
 
     def __post_init__(self) -> None:
@@ -143,6 +153,9 @@ class TrainConfig:
         need(self.schedule in SCHEDULES, "schedule", f"is unknown; choose one of: {', '.join(SCHEDULES)}")
         need(self.cache_dtype in CACHE_DTYPES, "cache_dtype", f"is unknown; choose one of: {', '.join(CACHE_DTYPES)}")
         number("gamma", 0, low_open=True)
+        number("body_lr_scale", 0, low_open=True)
+        need(self.body_lr_scale == 1.0 or bool(self.pretrained), "body_lr_scale",
+             "scales the learning rate of pretrained weights; add --pretrained FILE or drop it")
         need(self.schedule != "multistep" or bool(self.milestones), "milestones",
              "is empty; --schedule multistep needs epochs such as --milestones 150,180,210")
         need(isinstance(self.milestones, list) and all(is_int(m) and 0 <= m <= self.epochs for m in self.milestones)
@@ -175,7 +188,8 @@ class TrainConfig:
         """Options in which this config differs from a saved one's ``to_dict()``, ignoring those a resume
         (or the reuse of a finished run) may change."""
         now = self.to_dict()
-        return sorted(k for k in now if k not in RESUME_FREE and saved.get(k) != now[k])
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}  # options added since
+        return sorted(k for k in now if k not in RESUME_FREE and saved.get(k, defaults.get(k)) != now[k])
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,3 +25,10 @@ def lr_at(cfg: TrainConfig, epoch: float) -> float:
     if cfg.schedule == "multistep":
         return cfg.lr * cfg.gamma ** bisect.bisect_right(cfg.milestones, epoch)
     return cfg.lr  # constant (TrainConfig admits no other)
+
+
+def apply_lr(optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to ``lr`` times the group's ``lr_scale`` (1 when it has none:
+    fine-tuning's pretrained body has ``--body-lr-scale``, see ``tricks.param_groups``)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -18,7 +18,7 @@ import hashlib
 import math
 import os
 import warnings
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -35,28 +35,29 @@ from .signals import SignalModel
 from .weights import build_teacher, load_weights, read_weights_file
 
 
-def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device) -> nn.Module:
+def teacher_network(cfg, num_classes: int, low_res: bool, device: torch.device, res: Optional[int] = None) -> nn.Module:
     """The frozen teacher on ``device``; with ``cfg.teacher_cache`` on the meta device (weights file and
     architecture checked, nothing loaded) until :class:`TeacherSource` decides it must run. The global RNG
     is left as it was (the random init is overwritten by the weights), so adapters built next are the same
     whether the teacher is online, cached or filling."""
     with torch.random.fork_rng(devices=[]):
         if not cfg.teacher_cache:
-            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res).to(device)
+            return build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res, res=res).to(device)
         # read once: the key's hash and the weights loaded later come from the same bytes, whatever
         # happens to the file in between
         data = read_weights_file(cfg.teacher_weights) if cfg.teacher_weights else None
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # "copying into a meta parameter is a no-op": intended
-            model = build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res, data=data)
+            model = build_teacher(cfg.teacher, cfg.teacher_weights, num_classes, low_res, data=data, res=res)
         model.fastkd_weights = data
         model.fastkd_weights_sha256 = hashlib.sha256(data).hexdigest()
         return model
 
 
-def checkpoint_reserve(cfg, num_classes: int, low_res: bool) -> int:
+def checkpoint_reserve(cfg, num_classes: int, low_res: bool, res: Optional[int] = None) -> int:
     """Bytes the run's checkpoints take at most: the student's parameters and buffers, plus the SGD momentum
-    (one buffer per parameter), times 2 files (``checkpoint.pt`` and the temporary copy written over it).
+    (one buffer per parameter), times 2 files (``checkpoint.pt`` and the temporary copy written over it), plus
+    ``model.safetensors`` (parameters and buffers) and its temporary copy.
     The student is built on the meta device: nothing allocated, no random numbers drawn. 0 for a run that
     writes no checkpoint (``fastkd cache build``)."""
     from fastkd.models import create_model
@@ -66,12 +67,12 @@ def checkpoint_reserve(cfg, num_classes: int, low_res: bool) -> int:
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
         try:
-            student = create_model(cfg.student, num_classes, low_res)
-        except UserError:
+            student = create_model(cfg.student, num_classes, low_res, res=res)
+        except (UserError, NotImplementedError):  # an initialiser that needs real numbers (torchvision RegNets)
             return 0
     params = sum(p.numel() * p.element_size() for p in student.parameters())
     buffers = sum(b.numel() * b.element_size() for b in student.buffers())
-    return 2 * (params * (2 if cfg.momentum else 1) + buffers)
+    return 2 * (params * (2 if cfg.momentum else 1) + buffers) + 2 * (params + buffers)  # + model.safetensors
 
 
 def _same_file_system(a: str, b: str) -> bool:
@@ -146,7 +147,7 @@ class TeacherSource:
         if dist.main:
             reserve = 0
             if cfg.out and _same_file_system(cfg.out, cfg.teacher_cache):
-                reserve = checkpoint_reserve(cfg, loader.data.num_classes, loader.low_res)
+                reserve = checkpoint_reserve(cfg, loader.data.num_classes, loader.low_res, loader.res)
             opened = TeacherCache.open(cfg.teacher_cache, key, storage, wanted, cfg.epochs, fill=True, main=True, log=log,
                                        reserve=reserve)
         distributed.barrier()

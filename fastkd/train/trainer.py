@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from fastkd import __version__
-from fastkd.atomic import atomic_write_json, atomic_write_text, remove_stale_temps
+from fastkd.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
 from fastkd.errors import UserError
 from fastkd.log import log
 from fastkd.models import count_parameters
@@ -36,9 +36,12 @@ from .config import TrainConfig
 from .evaluate import evaluate
 from .interrupt import StopSignals, resume_command
 from .meters import EpochMeters
-from .schedule import lr_at
+from .schedule import apply_lr, lr_at
+from .tensorboard_log import ScalarLog, require as require_tensorboard
+from .weights_files import safetensors_bytes
 
 CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.safetensors"
 LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
 
 
@@ -47,6 +50,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg = cfg
+        require_tensorboard(cfg.tensorboard)  # its optional package, before any data is opened
         self.run = run = build_run(cfg, "train")
         self.dist, self.device, self.data, self.eval_split = run.dist, run.device, run.data, run.eval_split
         self.train_loader, self.eval_loader = run.train_loader, run.eval_loader
@@ -74,6 +78,7 @@ class Trainer:
         self.meters = EpochMeters(self.device)
         self.stop = StopSignals()
         self.ckpt_path = os.path.join(cfg.out, CHECKPOINT)
+        self.weights_path = os.path.join(cfg.out, WEIGHTS)  # written beside every checkpoint
         exists = distributed.agree_exists(self.ckpt_path, self.dist)  # every rank, or none, sees the checkpoint
         if resume and not exists:
             if self.dist.main:
@@ -82,6 +87,8 @@ class Trainer:
             self._resume()
         elif exists:
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+        # rank 0: the metrics.jsonl rows as TensorBoard scalars too (at once those of a resumed run that it lacks)
+        self.tensorboard = ScalarLog(cfg.tensorboard, self.history) if cfg.tensorboard and self.dist.main else None
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _state(self, epoch: int, batch: int, meters: Optional[dict] = None) -> dict:
@@ -101,6 +108,12 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": self.cfg.to_dict(), "history": self.history,
         }
+
+    def _weights_file(self, state: dict) -> bytes:
+        """model.safetensors: the student's tensors; the metadata name its architecture, classes, stem and input."""
+        meta = {k: state[k] for k in ("num_classes", "res", "low_res", "mean", "std")}
+        meta["fastkd_model"] = state["model_name"]
+        return safetensors_bytes(state["model"], meta)
 
     def _resume(self) -> None:
         state = checkpoint.load(self.ckpt_path)
@@ -152,8 +165,7 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def _step(self, batch, epoch_pos: float) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """One optimiser step; returns the loss terms and the logits, still on the device (no sync)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.sched, epoch_pos)
+        apply_lr(self.optimizer, lr_at(self.sched, epoch_pos))  # times each group's lr_scale (--body-lr-scale)
         images = batch.images  # channels-last already when the run is (the Loader's memory_format)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             s = self.s_signals(images)
@@ -268,7 +280,9 @@ class Trainer:
             self.meters.seconds = time.time() - self._epoch_started
             meters = self.meters.reduced_state_dict()  # summed over the ranks (a collective: every rank is here)
         if self.dist.main:
-            checkpoint.save_atomic(self.ckpt_path, self._state(epoch, batch, meters))
+            state = self._state(epoch, batch, meters)
+            checkpoint.save_atomic(self.ckpt_path, state)
+            atomic_write_bytes(self.weights_path, self._weights_file(state))  # the model alone, for any tool
         # no rank moves on (or exits, on a signal) before rank 0's checkpoint is complete: a rank that exits
         # makes torchrun stop the others, which would cut rank 0's write short
         distributed.barrier()
@@ -286,6 +300,7 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
             atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
             remove_stale_temps(self.ckpt_path)  # a write cut short by a kill
+            remove_stale_temps(self.weights_path)
         self._saved_at = time.time()
         with self.stop:
             for epoch in range(self.start_epoch, cfg.epochs):
@@ -296,6 +311,8 @@ class Trainer:
                 self._save(epoch, len(self.train_loader))
                 if self.dist.main:
                     self._write_metrics()
+                    if self.tensorboard is not None:
+                        self.tensorboard.write(self.history)  # after the checkpoint: no epoch twice on a resume
                     acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
                     log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
                          f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
@@ -330,6 +347,8 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.run.close()
 
 

@@ -5,7 +5,7 @@ cutout, mixup, cutmix) live in the pipelines, schedule tricks in ``schedule.py``
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,31 +98,36 @@ def add_dropout(model: nn.Module, p: float) -> None:
     head.register_forward_pre_hook(hook)
 
 
-def param_groups(model: nn.Module, extra: List[nn.Parameter], weight_decay: float, no_bias_decay: bool) -> List[Dict]:
+def param_groups(model: nn.Module, extra: List[nn.Parameter], weight_decay: float, no_bias_decay: bool,
+                 head: Sequence[str] = (), body_lr_scale: float = 1.0) -> List[Dict]:
     """SGD parameter groups; with ``no_bias_decay`` biases and norm parameters (all 1-d tensors) get no
-    weight decay (He et al. 2019, "Bag of Tricks", section 3.1)."""
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra)
-    if not no_bias_decay:
-        return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    weight decay (He et al. 2019, "Bag of Tricks", section 3.1). With ``body_lr_scale`` != 1 (fine-tuning) the
+    model's parameters but those named in ``head`` (a new classifier) form groups of their own whose
+    ``lr_scale`` is ``body_lr_scale``; the schedule multiplies each group's learning rate by its ``lr_scale``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if body_lr_scale == 1.0:
+        parts = [([p for _, p in named] + list(extra), 1.0)]
+    else:  # the new head and the methods' adapters train at --lr, the pretrained body at lr x body_lr_scale
+        parts = [([p for n, p in named if n in head] + list(extra), 1.0),
+                 ([p for n, p in named if n not in head], body_lr_scale)]
+    groups = []
+    for params, scale in parts:
+        if not no_bias_decay:
+            groups.append({"params": params, "weight_decay": weight_decay, "lr_scale": scale})
+            continue
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    return [g for g in groups if g["params"]]
 
 
 def load_pretrained(model: nn.Module, path: str) -> List[str]:
-    """Load every tensor of a local weights file whose name and shape fit (a torchvision state dict or a
-    fastkd checkpoint); the classifier of another dataset and a swapped low-resolution stem are left
-    as initialised. Returns the names left out; an error when nothing fits."""
-    from .weights import checkpoint_state_dict
+    """Load a local weights file (any format of :mod:`.weights_files`) into ``model``; a classifier of another
+    class count and a swapped low-resolution stem are left as initialised, any other key that does not fit is
+    an error (:func:`fastkd.train.weights.load_pretrained`). Returns the names left at their initialisation."""
+    from .weights import load_pretrained as load
 
-    state = checkpoint_state_dict(path)
-    own = model.state_dict()
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fitting:
-        raise UserError(f"--pretrained {path}: no tensor fits {getattr(model, 'fastkd_name', 'the model')}; "
-                        "give weights of the same architecture")
-    model.load_state_dict(fitting, strict=False)
-    return sorted(k for k in own if k not in fitting)
+    head = classifier(model)
+    return load(model, path, head.out_features if isinstance(head, nn.Linear) else head.out_channels).left
 
 
 def amp_dtype(mode: str):
