@@ -1,6 +1,7 @@
 """Fine-tuning a pretrained network on a target set, one command:
 `fastkd train --pretrained W --body-lr-scale 0.1 --warmup-epochs 1` on a miniature high-resolution layout
-(Stanford Dogs), and the run's model.safetensors used as a teacher with no --teacher."""
+(Stanford Dogs), the run's model.safetensors used as a teacher with no --teacher, and the README's whole workflow (zoo
+teacher fine-tuned from a hub folder -> cache -> zoo student -> ONNX export -> eval of the export)."""
 from __future__ import annotations
 
 import contextlib
@@ -169,3 +170,40 @@ def test_fine_tune_errors_are_one_line(dogs, imagenet_weights, tmp_path):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("fastkd: error: "), (name, err)
         assert fragment in lines[0], (name, lines[0])
+
+
+def test_the_readme_workflow_zoo_teacher_to_exported_student(dogs, tmp_path):
+    """README's workflow, end to end on the miniature Dogs: fine-tune a timm teacher from a local timm/Hugging
+    Face folder (1000-class head replaced), fill the cache from its model.safetensors, distil into a torchvision
+    student reading the cache, export the student to ONNX and evaluate the exported file like the checkpoint."""
+    torch.manual_seed(3)
+    hub = tmp_path / "test_convnext.in1k"
+    os.makedirs(hub)
+    save_file(create_model("timm:test_convnext", 1000, False, res=72).state_dict(), str(hub / "model.safetensors"))
+    (hub / "config.json").write_text(json.dumps({"architecture": "test_convnext", "num_classes": 1000}))
+    common = ["--data", dogs, "--res", "72", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+              "--quiet"]
+    teacher = str(tmp_path / "teacher")
+    code, err = _fastkd("train", "--out", teacher, "--model", "timm:test_convnext", "--pretrained", str(hub),
+                        "--body-lr-scale", "0.1", "--warmup-epochs", "1", "--lr", "0.01", *common)
+    assert code == 0 and "(1000 classes) replaced by a new 3-class head" in err, err
+    weights = os.path.join(teacher, "model.safetensors")
+    code, err = _fastkd("cache", "build", "--teacher-weights", weights, "--out", str(tmp_path / "cache"),
+                        "--method", "kd", *common)
+    assert code == 0, err
+    kd = str(tmp_path / "kd")
+    code, err = _fastkd("train", "--out", kd, "--student", "torchvision:mobilenet_v3_small", "--method", "kd",
+                        "--teacher-weights", weights, "--teacher-cache", str(tmp_path / "cache"), *common)
+    assert code == 0, err
+    summary = json.load(open(os.path.join(kd, "summary.json")))
+    assert (summary["teacher"], summary["teacher_source"]) == ("timm:test_convnext", "cached")
+    onnx = os.path.join(kd, "student.onnx")
+    code, err = _fastkd("export", "--checkpoint", os.path.join(kd, "checkpoint.pt"), "--format", "onnx", "--out", onnx)
+    assert code == 0 and os.path.isfile(onnx + ".json"), err
+    results = []
+    for path in (os.path.join(kd, "checkpoint.pt"), onnx):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            main(["eval", "--data", dogs, "--checkpoint", path, "--workers", "0", "--device", "cpu"])
+        results.append(json.loads(out.getvalue()))
+    assert [(r["top1"], r["top5"], r["count"]) for r in results] == [(results[0]["top1"], results[0]["top5"], 6)] * 2
