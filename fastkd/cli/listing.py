@@ -64,13 +64,9 @@ def _zoo_models(source, pattern):
 
 
 def _methods(_):
-    from fastkd.methods import METHODS
+    from fastkd.methods.catalogue import HEADERS, method_rows
 
-    rows = []
-    for name, cls in METHODS.items():
-        doc = (cls.__module__ and __import__(cls.__module__, fromlist=["x"]).__doc__ or "").strip().splitlines()
-        rows.append([name, ", ".join(sorted(cls.needs)) or "-", cls.ce_weight, doc[0] if doc else ""])
-    return ["method", "teacher signals", "ce weight", "reference"], rows
+    return HEADERS, method_rows()
 
 
 def _backends(_):

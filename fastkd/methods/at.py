@@ -48,6 +48,9 @@ class AT(Method):
     paper's eq. 2 writes beta/2, which halves it; the reference code does not, and neither do we.
     """
 
+    paper = "Zagoruyko & Komodakis 2017"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset(COMMON_STAGES)
     ce_weight = 1.0
 

@@ -7,6 +7,10 @@ import torch
 from torch import nn
 
 
+#: The trainers fastkd's method list is compared with.
+PEERS = ("mdistiller", "torchdistill")
+
+
 class Method(nn.Module):
     """A distillation loss.
 
@@ -19,6 +23,13 @@ class Method(nn.Module):
     """
 
     name: str = ""
+    #: the paper, as "Authors year" (the module docstring has the full reference)
+    paper: str = ""
+    #: which peer trainers ship the method: a subset of :data:`PEERS` (``fastkd list methods``, docs/methods.md)
+    peers: FrozenSet[str] = frozenset()
+    #: whether the teacher cache can serve every signal it reads (False: it needs a teacher forward the cache
+    #: cannot replay, such as one on a transformed input, so the teacher runs online)
+    cacheable: bool = True
     needs: FrozenSet[str] = frozenset()
     ce_weight: float = 1.0
     #: True while this method's terms must be the step's whole loss (no CE, no other method), e.g.

@@ -9,6 +9,9 @@ from .base import Method
 class CrossEntropyOnly(Method):
     """Trains on hard labels only; the trainer adds the cross-entropy term (weight 1)."""
 
+    paper = "(no teacher)"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset()
     ce_weight = 1.0
 

@@ -165,6 +165,9 @@ class CRD(Method):
     updated with the embeddings of all ranks (all-gather), so they stay identical on every rank.
     """
 
+    paper = "Tian et al. 2020"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

@@ -56,6 +56,9 @@ class DKD(Method):
     ``epoch / 20``). Before any :meth:`set_epoch` call w = 1; ``warmup=0`` disables the ramp.
     """
 
+    paper = "Zhao et al. 2022"
+    peers = frozenset({"mdistiller"})
+
     needs = frozenset({"logits"})
     ce_weight = 1.0
 

@@ -47,6 +47,9 @@ class FitNets(Method):
     nothing and the paper's stage 2 is whatever it is combined with (``--method fitnets+kd``).
     """
 
+    paper = "Romero et al. 2015"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset({"stage2"})
     ce_weight = 1.0
 

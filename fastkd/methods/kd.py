@@ -31,6 +31,9 @@ class KD(Method):
     targets with the soft term dominant, at the values mdistiller and CRD use for CIFAR-100.
     """
 
+    paper = "Hinton et al. 2015"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset({"logits"})
     ce_weight = 0.1
 

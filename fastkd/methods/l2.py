@@ -32,6 +32,9 @@ class L2(Method):
     setting; ``--ce-weight`` adds the hard labels back.
     """
 
+    paper = "Ba & Caruana 2014"
+    peers = frozenset({"torchdistill"})
+
     needs = frozenset({"logits"})
     ce_weight = 0.0
 

@@ -134,6 +134,9 @@ class Overhaul(Method):
     N(beta, gamma^2) only as far as its running statistics match the data.
     """
 
+    paper = "Heo et al. 2019"
+    peers = frozenset({"mdistiller"})
+
     needs = _needs(COMMON_PRE)
     ce_weight = 1.0
 

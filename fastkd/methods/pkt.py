@@ -43,6 +43,9 @@ class PKT(Method):
     normalisation (the paper itself trains the representation with the PKT loss alone).
     """
 
+    paper = "Passalis & Tefas 2018"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

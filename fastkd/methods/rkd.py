@@ -69,6 +69,9 @@ class RKD(Method):
     lambda_A = 50 for RKD-DA), CE weight 1 (mdistiller's CIFAR-100 setting).
     """
 
+    paper = "Park et al. 2019"
+    peers = frozenset({"mdistiller", "torchdistill"})
+
     needs = frozenset({"embedding"})
     ce_weight = 1.0
 

@@ -80,11 +80,9 @@ def _builder(source: str, arch: str, res: int) -> Tuple[Callable[[int], nn.Modul
     """``(build(num_classes), fixed_size)``: a builder of the architecture at input side ``res``."""
     if source == "timm":
         timm = _timm()
-        kwargs = {}
-        model_cls_args = _timm_takes_img_size(arch)
-        if model_cls_args:
-            kwargs["img_size"] = res
-        return (lambda n: timm.create_model(arch, pretrained=False, num_classes=n, **kwargs)), bool(model_cls_args)
+        fixed = _timm_takes_img_size(arch)
+        kwargs = {"img_size": res} if fixed else {}
+        return (lambda n: timm.create_model(arch, pretrained=False, num_classes=n, **kwargs)), fixed
     import torchvision
 
     kwargs = {}
