@@ -5,7 +5,6 @@ Distillation"; reference code: torchdistill ``CCKDLoss`` (``torchdistill/losses/
 ``configs/sample/ilsvrc2012/cckd/resnet18_from_resnet50.yaml``."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
@@ -16,20 +15,9 @@ from fastkd.errors import UserError
 
 from . import register_method
 from .base import Method
+from .precision import full_precision, widen
 
 KERNELS = ("gaussian", "bilinear")
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _full_precision(device: torch.device):
-    """No autocast inside (the kernel's powers in the inputs' precision, not half)."""
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def correlation_matrix(f: torch.Tensor, gamma: float = 0.4, max_p: int = 2, kernel: str = "gaussian") -> torch.Tensor:
@@ -71,8 +59,8 @@ def cc_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, gamma: float =
     embeddings (a randomly initialised deep teacher's) do not overflow its sum of squares in float32.
     """
     n = teacher_emb.shape[0]
-    k_s = correlation_matrix(_wide(student_emb), gamma, max_p, kernel)
-    k_t = correlation_matrix(_wide(teacher_emb), gamma, max_p, kernel)
+    k_s = correlation_matrix(widen(student_emb), gamma, max_p, kernel)
+    k_t = correlation_matrix(widen(teacher_emb), gamma, max_p, kernel)
     d = k_s - k_t
     scale = d.detach().abs().amax().clamp_min(torch.finfo(d.dtype).tiny)
     return scale * torch.linalg.vector_norm(d / scale) / (n * n)
@@ -127,7 +115,7 @@ class CC(Method):
         s, t = student["embedding"].flatten(1), teacher["embedding"].detach().flatten(1)
         f_s = self.head_s(s.to(self.head_s.weight.dtype))  # under --amp: in the step's precision
         f_t = self.head_t(t.to(self.head_t.weight.dtype))
-        with _full_precision(f_s.device):
+        with full_precision(f_s.device):
             loss = cc_loss(f_s, f_t, self.gamma, self.max_p, self.kernel)
         return {"cc": self.weight * loss}
 

@@ -4,7 +4,6 @@ Diversity-preserving Knowledge Distillation"; reference code: github.com/ADLab-A
 ``Cifar100/train_student.py`` and ``Cifar100/helper/loops.py``, weights in ``Cifar100/README.md``)."""
 from __future__ import annotations
 
-import contextlib
 from typing import Collection, Iterable, Union
 
 import torch
@@ -17,18 +16,7 @@ from fastkd.tap_names import STAGE_TAPS
 from . import register_method
 from .adapters import COMMON_STAGES, check_map, stage_names
 from .base import Method
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _full_precision(device: torch.device):
-    """No autocast inside (the correlations in the inputs' precision, not half)."""
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
+from .precision import full_precision, widen
 
 
 class ChannelEmbed(nn.Sequential):
@@ -60,8 +48,8 @@ def ickd_loss(embedded_student: torch.Tensor, teacher_map: torch.Tensor) -> torc
     is detached.
     """
     n, c = teacher_map.shape[:2]
-    g_s = channel_correlation(_wide(embedded_student))
-    g_t = channel_correlation(_wide(teacher_map.detach()))
+    g_s = channel_correlation(widen(embedded_student))
+    g_t = channel_correlation(widen(teacher_map.detach()))
     return (g_s - g_t).pow(2).sum() / (c * n)
 
 
@@ -127,7 +115,7 @@ class ICKD(Method):
         total = 0.0
         for name, embed in zip(self.stages, self.embeds):
             s = embed(student[name].to(embed[0].weight.dtype))  # under --amp: in the step's precision
-            with _full_precision(s.device):
+            with full_precision(s.device):
                 total = total + ickd_loss(s, teacher[name])
         return {"ickd": self.weight * total}
 

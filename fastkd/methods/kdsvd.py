@@ -15,16 +15,12 @@ from fastkd.tap_names import STAGE_TAPS
 from . import register_method
 from .adapters import COMMON_STAGES, check_map, match_spatial, stage_names
 from .base import Method
+from .precision import widen
 
 #: ``layout`` values: how a C x H x W map becomes the matrix whose right singular vectors are compared.
 LAYOUTS = ("mdistiller", "paper")
 #: The RBF's denominator: :math:`\exp(-d^2 / 8)` in the reference.
 RBF_SCALE = 8.0
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _finite(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +81,7 @@ def kdsvd_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torc
     """
     total, prev = None, None
     for f_s, f_t in zip(student_maps, teacher_maps):
-        f_s, f_t = _wide(f_s), _wide(f_t.detach())
+        f_s, f_t = widen(f_s), widen(f_t.detach())
         dtype = torch.promote_types(f_s.dtype, f_t.dtype)
         f_s, f_t = f_s.to(dtype), f_t.to(dtype)
         if layout == "mdistiller":

@@ -14,11 +14,7 @@ from fastkd.tap_names import STAGE_TAPS
 from . import register_method
 from .adapters import COMMON_STAGES, check_map, match_spatial, stage_names
 from .base import Method
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from .precision import widen
 
 
 def poly_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -43,7 +39,7 @@ def nst_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tens
     normalisation (the reference pools to the smaller height, square; per axis here). Computed in the
     inputs' precision (float32 for half inputs); the teacher map is detached.
     """
-    fs, ft = match_spatial(_wide(student_map), _wide(teacher_map.detach()))
+    fs, ft = match_spatial(widen(student_map), widen(teacher_map.detach()))
     fs, ft = F.normalize(fs.flatten(2), dim=2), F.normalize(ft.flatten(2), dim=2)
     return poly_kernel_mean(ft, ft) + poly_kernel_mean(fs, fs) - 2.0 * poly_kernel_mean(fs, ft)
 

@@ -15,11 +15,7 @@ from fastkd.tap_names import STAGE_TAPS
 from . import register_method
 from .adapters import COMMON_STAGES, stage_names
 from .base import Method
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """Half precision -> float32; float32 and float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from .precision import widen
 
 
 def similarity_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -42,8 +38,8 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
     Computed in the inputs' precision (float32 for half inputs); the teacher map is detached.
     """
     n = student_map.shape[0]
-    g_s = similarity_matrix(_wide(student_map))
-    g_t = similarity_matrix(_wide(teacher_map.detach()))
+    g_s = similarity_matrix(widen(student_map))
+    g_t = similarity_matrix(widen(teacher_map.detach()))
     return (g_t - g_s).pow(2).sum() / (n * n)
 
 
