@@ -7,7 +7,7 @@ import torch
 
 from fastkd.methods import list_methods, parse_methods
 from fastkd.train import checkpoint
-from fastkd.train.signals import prepare_methods
+from fastkd.train.signals import expanded_batch, method_terms, prepare_methods
 from fastkd.train.trainer import Trainer
 
 DISTILLERS = [m for m in list_methods() if m != "ce"]
@@ -24,30 +24,49 @@ def fit(cfg):
     return mode, checkpoint.load(os.path.join(cfg.out, "checkpoint.pt"))["model"]
 
 
+#: an epoch after every method's stages and warm-ups (the main stage of each)
+LATE = 10**6
+
+
+def student_epoch(method) -> int:
+    """An epoch in which ``method``'s terms train the student: its exclusive first stage when that trains the student
+    (FitNets' and FSP's hints, AB's initialisation: their later stages may emit nothing), else :data:`LATE`."""
+    method.set_epoch(0)
+    return 0 if method.exclusive and method.trains_student else LATE
+
+
 def step_every_method(teacher, student, x, pair: str) -> None:
-    """Every distillation method at once on ``teacher -> student`` (the trainer's preparation: pair-dependent
-    taps, tap check, hooks, adapters): one summed loss must be finite and reach the student and every
-    adapter, and the frozen teacher must get no gradient."""
+    """Every distillation method on ``teacher -> student`` (the trainer's preparation: pair-dependent taps, tap
+    check, hooks, adapters; its split of an expanded batch): the methods' summed loss must be finite and reach the
+    student and every adapter, and the frozen teacher must get no gradient. The methods run at once in their main
+    stage, then the staged ones in their first stage; each method that expands the batch runs in its own step."""
     labels = index = torch.arange(len(x))
     student.zero_grad(set_to_none=True)  # adapters are new for every pair; the student's grads start clean
     methods = [m for name in DISTILLERS for m in parse_methods(name)]
     s_sig, t_sig = prepare_methods(methods, student, teacher, x.shape[-1], dataset_size=16)
+    groups = [[m for m in methods if not m.expands]] + [[m] for m in methods if m.expands]
     try:
         student.train()
-        for m in methods:
-            m.set_epoch(0)
-        s = s_sig(x)
-        with torch.no_grad():
-            t = t_sig(x)
-        terms = {f"{m.name}:{k}": v for m in methods for k, v in m(s, t, labels, index).items()}
-        loss = sum(terms.values())
-        assert torch.isfinite(loss), (pair, {k: float(v) for k, v in terms.items()})
-        loss.backward()
+        for epoch in (LATE, 0):
+            for group in groups:
+                active = [m for m in group if epoch == LATE or m.has_stages()]
+                if not active:
+                    continue
+                for m in active:
+                    m.set_epoch(epoch)
+                inputs, expander = expanded_batch(active, x)
+                s = s_sig(inputs)
+                with torch.no_grad():
+                    t = t_sig(inputs)
+                terms = method_terms(active, s, t, len(x), expander, labels, index)
+                loss = sum(terms.values())
+                assert torch.isfinite(loss), (pair, epoch, {k: float(v) for k, v in terms.items()})
+                loss.backward()
     finally:
         s_sig.close()
         t_sig.close()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters()), pair
     for m in methods:
         for name, p in m.named_parameters():
-            assert p.grad is not None, f"{pair}: {m.name}.{name} got no gradient"
+            assert p.grad is not None, f"{pair}: {m.name}.{name} got no gradient in any stage"
     assert all(p.grad is None for p in teacher.parameters()), pair

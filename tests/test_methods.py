@@ -7,6 +7,7 @@ import torch
 
 from fastkd.errors import UserError
 from fastkd.methods import METHODS, list_methods, parse_methods
+from run_tools import student_epoch
 from fastkd.methods.kd import KD, kd_loss
 
 
@@ -59,12 +60,14 @@ def test_every_method_gives_finite_terms_from_its_signals(name):
     shapes = {"logits": (6,), "embedding": (16,), **stages,
               **{f"pre{k[5:]}": v for k, v in stages.items()}}  # pre-activation taps (overhaul)
     assert method.needs <= set(shapes) | {f"pre{k}_stats" for k in range(1, 5)}
-    s = {k: torch.randn(4, *shape, requires_grad=True) for k, shape in shapes.items()}
-    t = {k: torch.randn(4, *shape) for k, shape in shapes.items()}
+    rows = method.expand(torch.zeros(4, 3, 8, 8)).shape[0] if method.expands else 4  # SSKD's, MLKD's copies too
+    s = {k: torch.randn(rows, *shape, requires_grad=True) for k, shape in shapes.items()}
+    t = {k: torch.randn(rows, *shape) for k, shape in shapes.items()}
     for k in range(1, 5):  # their 2 x C statistics (mean; std)
         s[f"pre{k}_stats"] = t[f"pre{k}_stats"] = torch.rand(2, shapes[f"pre{k}"][0])
     method.dataset_size = 10  # memory-bank methods (crd) are sized by the train split
     method.setup(s, t)
+    method.set_epoch(student_epoch(method))  # a staged method's stage that trains the student
     index = torch.tensor([0, 1, 2, 3])
     terms = method(s, t, index, index)
     if not method.needs:  # the plain-CE baseline: no term of its own, the trainer's CE (weight 1) is the loss

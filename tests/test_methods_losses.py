@@ -21,7 +21,8 @@ from fastkd.methods.l2 import L2, l2_loss
 from fastkd.methods.pkt import PKT, pkt_loss
 from fastkd.methods.rkd import RKD, rkd_angle_loss, rkd_distance_loss
 from fastkd.models import create_model
-from fastkd.train.signals import prepare_methods
+from fastkd.train.signals import expanded_batch, method_terms, prepare_methods
+from run_tools import LATE, student_epoch
 
 DISTILLERS = [m for m in list_methods() if m != "ce"]  # every registered method but the plain-CE baseline
 
@@ -274,22 +275,25 @@ BATCH = 6  # distinct samples: RKD's distances and angles (and PKT's, CRD's) are
 LABELS, INDEX = torch.tensor([1, 4, 0, 6, 1, 3]), torch.arange(BATCH)
 
 
-def _signals(grad, seed, stage_shapes, emb, classes=7):
+def _signals(grad, seed, stage_shapes, emb, classes=7, rows=BATCH):
     g = torch.Generator().manual_seed(seed)
-    out = {k: torch.randn(BATCH, *shape, generator=g) for k, shape in stage_shapes.items()}
-    out.update({f"pre{k[5:]}": torch.randn(BATCH, *shape, generator=g) for k, shape in stage_shapes.items()})
+    out = {k: torch.randn(rows, *shape, generator=g) for k, shape in stage_shapes.items()}
+    out.update({f"pre{k[5:]}": torch.randn(rows, *shape, generator=g) for k, shape in stage_shapes.items()})
     out.update({f"pre{k[5:]}_stats": torch.rand(2, shape[0], generator=g) + 0.1 for k, shape in stage_shapes.items()})
-    out["embedding"] = torch.randn(BATCH, emb, generator=g)
-    out["logits"] = torch.randn(BATCH, classes, generator=g)
+    out["embedding"] = torch.randn(rows, emb, generator=g)
+    out["logits"] = torch.randn(rows, classes, generator=g)
     return {k: v.requires_grad_(grad and not k.endswith("_stats")) for k, v in out.items()}
 
 
 @pytest.mark.parametrize("name", DISTILLERS)
 def test_adapters_from_mismatched_shapes_and_gradient_flow(name):
     # teacher 64x8x8 vs student 16x16x16 (and a teacher map larger than the student's at stage2)
-    student = _signals(True, 0, {"stage1": (16, 16, 16), "stage2": (32, 4, 4), "stage3": (16, 16, 16)}, 10)
-    teacher = _signals(True, 1, {"stage1": (64, 8, 8), "stage2": (64, 8, 8), "stage3": (64, 8, 8)}, 24)
     (method,) = parse_methods(name)
+    method.set_epoch(student_epoch(method))  # a staged method's stage that trains the student
+    # the rows of the batch and of the copies a method makes (SSKD's rotations, MLKD's strong views)
+    rows = method.expand(torch.zeros(BATCH, 3, 8, 8)).shape[0] if method.expands else BATCH
+    student = _signals(True, 0, {"stage1": (16, 16, 16), "stage2": (32, 4, 4), "stage3": (16, 16, 16)}, 10, rows=rows)
+    teacher = _signals(True, 1, {"stage1": (64, 8, 8), "stage2": (64, 8, 8), "stage3": (64, 8, 8)}, 24, rows=rows)
     method.select_taps(set(student) - {"logits"}, set(teacher) - {"logits"})
     method.dataset_size = 2 * BATCH
     method.setup({k: v.detach() for k, v in student.items()}, {k: v.detach() for k, v in teacher.items()})
@@ -302,8 +306,8 @@ def test_adapters_from_mismatched_shapes_and_gradient_flow(name):
     for v in used:  # each signal's gradient is of the order of the loss, far from rounding residue
         assert v.grad is not None and torch.isfinite(v.grad).all()
         assert v.grad.norm() * v.detach().norm() > 1e-3 * sum(terms.values()).abs().item()
-    for p in method.parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all()
+    for p in method.parameters():  # every trainable adapter of the main stage
+        assert not p.requires_grad or (p.grad is not None and torch.isfinite(p.grad).all())
     if name == "fitnets":
         assert method.regressor[0].weight.grad.abs().sum() > 0
 
@@ -324,23 +328,34 @@ PAIRS = {  # one pair per student family; the 4-stage pair also exercises stage4
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _model64(name):
+    return copy.deepcopy(_model(name)).double()
+
+
 @pytest.mark.parametrize("pair", list(PAIRS))
 @pytest.mark.parametrize("name", DISTILLERS)
 def test_method_on_real_models(name, pair):
-    """A small step of the student against the method's gradient lowers the method's loss: the gradient
-    is a real descent direction, not rounding residue (the step is sized to lower it by 0.1%)."""
+    """A step of the student against the method's gradient lowers the method's loss by at least half of what
+    the gradient predicts, for some step size: the gradient is a real descent direction. Float64 throughout, so
+    small steps (where the first order holds, however fast the loss curves) are far above rounding: a
+    random teacher's large maps make FSP's and ReviewKD's losses curve fast, and VID's constant log-variance
+    term makes a step sized from the loss value too large."""
     t_name, s_name, options = PAIRS[pair]
-    teacher, student = _model(t_name).eval(), _model(s_name).train()
+    teacher, student = _model64(t_name).eval(), _model64(s_name).train()
     (method,) = parse_methods(name, options)
     s_sig, t_sig = prepare_methods([method], student, teacher, 32, dataset_size=2 * BATCH)
-    x = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    method.double()
+    x = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     state = copy.deepcopy(method.state_dict())  # memory banks (crd) move in forward
+    method.set_epoch(student_epoch(method))  # a staged method's stage that trains the student
 
     def loss():
         method.load_state_dict(state)
-        torch.manual_seed(0)  # the same dropout masks in both evaluations
-        s, t = s_sig(x), t_sig(x)  # the teacher with grad on purpose: methods must detach it
-        return sum(method(s, t, LABELS, INDEX).values())
+        torch.manual_seed(0)  # the same dropout masks in every evaluation
+        inputs, expander = expanded_batch([method], x)  # SSKD's rotations, MLKD's strong views
+        s, t = s_sig(inputs), t_sig(inputs)  # the teacher with grad on purpose: methods must detach it
+        return sum(method_terms([method], s, t, len(x), expander, LABELS, INDEX).values())
 
     params = [p for p in student.parameters()]
     try:
@@ -350,20 +365,26 @@ def test_method_on_real_models(name, pair):
         assert torch.isfinite(before) and before.item() > 0
         before.backward()
         assert all(p.grad is None for p in teacher.parameters())
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters())
+        # every trainable adapter of the stage (a stage-1 module, e.g. FT's paraphraser, is frozen by then)
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters() if p.requires_grad)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         assert all(torch.isfinite(g).all() for g in grads)
-        sq_norm = sum(g.double().square().sum() for g in grads).item()
+        sq_norm = sum(g.square().sum() for g in grads).item()
         assert sq_norm > 0
-        lr = 1e-3 * before.item() / sq_norm  # first order: the loss drops by 1e-3 * before
         saved = [p.detach().clone() for p in params]
+        ratios = []
         with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(lr * g)
-            after = loss().item()
-            for p, v in zip(params, saved):
-                p.copy_(v)
+            for fraction in (1e-3, 1e-4, 1e-5, 1e-6):  # first order: the loss drops by fraction * before
+                lr = fraction * before.item() / sq_norm
+                for p, g in zip(params, grads):
+                    p.sub_(lr * g)
+                after = loss().item()
+                for p, v in zip(params, saved):
+                    p.copy_(v)
+                ratios.append((before.item() - after) / (fraction * before.item()))
+                if ratios[-1] >= 0.5:
+                    break
     finally:
         s_sig.close()
         t_sig.close()
-    assert after < before.item() * (1 - 2e-4), (before.item(), after)
+    assert ratios[-1] >= 0.5, (before.item(), ratios)  # drop / predicted drop, largest step first

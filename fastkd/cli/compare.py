@@ -6,7 +6,10 @@ import click
 from fastkd.errors import UserError
 
 from . import cli
-from .config_options import CELLS_TENSORBOARD, config_options
+
+COMPARE_OPT = {"help": "A method's option for every cell that uses the method (repeatable), e.g. "
+                       "--opt sskd.ss_epochs=5 (recorded in compare.json)."}
+from .config_options import CELLS_TENSORBOARD, config_options, parse_method_options
 from .options import backend_option
 
 
@@ -26,18 +29,20 @@ from .options import backend_option
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-@config_options(["tensorboard"], {"tensorboard": CELLS_TENSORBOARD})
+@config_options(["method_options", "tensorboard"], {"tensorboard": CELLS_TENSORBOARD, "method_options": COMPARE_OPT})
 def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs, batch_size, lr, res, backend,
-            workers, device, quiet, tensorboard):
+            workers, device, quiet, tensorboard, method_options):
     """Distil one student with several methods over several seeds; print mean and spread of top-1."""
     from fastkd.experiments.compare import run_compare
-    from fastkd.methods import parse_methods
+    from fastkd.methods import METHODS, check_chosen_options, parse_methods
     from fastkd.pipelines import BACKENDS
     from fastkd.train.config import TrainConfig
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         parse_methods(name)  # unknown names fail here, before any training
+    options = {METHODS.canonical(m): o for m, o in parse_method_options(method_options).items()}
+    check_chosen_options("+".join(names), options)  # each --opt names a compared method and one of its options
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
@@ -45,5 +50,5 @@ def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs
     BACKENDS.canonical(backend)
     base = TrainConfig(data=data, out="", student=student, teacher=teacher, teacher_weights=teacher_weights,
                        epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
-                       device=device, progress=not quiet, tensorboard=tensorboard)
+                       device=device, progress=not quiet, tensorboard=tensorboard, method_options=options)
     run_compare(base, names, seed_list, out)

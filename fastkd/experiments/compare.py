@@ -10,6 +10,7 @@ import statistics
 from dataclasses import replace
 from typing import List, Sequence
 
+from fastkd.methods import METHODS
 from fastkd.tables import format_table
 from fastkd.experiments.runs import cell_tensorboard, run_or_reuse, write_results
 from fastkd.train.config import TrainConfig
@@ -24,7 +25,10 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
     for method in methods:
         for seed in seeds:
             uses_teacher = method != "ce"
+            mine = {METHODS.canonical(m.strip()) for m in method.split("+")}  # --opt of the methods this cell uses
+            options = {m: o for m, o in base.method_options.items() if m in mine}
             cfg = replace(base, out=os.path.join(out, method, f"seed{seed}"), method=method, seed=seed,
+                          method_options=options,
                           teacher=base.teacher if uses_teacher else None,
                           teacher_weights=base.teacher_weights if uses_teacher else None)
             cfg = cell_tensorboard(cfg, out, base.tensorboard)  # <tensorboard>/<method>/seed<k>
@@ -37,7 +41,7 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
         rows.append([method, statistics.mean(accs), spread, len(seeds), " / ".join(f"{a:.2f}" for a in accs),
                      statistics.mean(secs)])
     result = {"student": base.student, "teacher_weights": base.teacher_weights, "data": base.data,
-              "seeds": list(seeds), "epochs": base.epochs, "res": base.res,
+              "seeds": list(seeds), "epochs": base.epochs, "res": base.res, "method_options": base.method_options,
               "cells": {f"{m}/seed{s}": v for (m, s), v in cells.items()},
               "table": format_table(HEADERS, rows, markdown=True)}
     write_results(out, "compare", result, format_table(HEADERS, rows))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register_method
-from .adapters import COMMON_STAGES, check_map, match_spatial, stage_names
+from .adapters import COMMON_STAGES, checked_maps, match_spatial, stage_names
 from .base import Method
 
 
@@ -63,8 +63,7 @@ class AT(Method):
 
     def setup(self, student_signals, teacher_signals):
         for name in self.stages:
-            check_map(student_signals[name], f"student tap {name}")
-            check_map(teacher_signals[name], f"teacher tap {name}")
+            checked_maps(student_signals, teacher_signals, name)
 
     def forward(self, student, teacher, labels, index=None):
         total = sum(at_loss(student[j], teacher[j], self.p) for j in self.stages)

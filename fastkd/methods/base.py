@@ -35,6 +35,30 @@ class Method(nn.Module):
     #: True while this method's terms must be the step's whole loss (no CE, no other method), e.g.
     #: FitNets' stage 1 (hint training); methods that use it update it in :meth:`set_epoch`.
     exclusive: bool = False
+    #: True for a method that runs the networks on copies of the batch (:meth:`expand`)
+    expands: bool = False
+
+    @property
+    def trains_student(self) -> bool:
+        """False while this method's exclusive stage trains its own modules only (FT's paraphraser, SSKD's
+        teacher-side head): the trainer then runs the student without gradient, in eval mode (no BN
+        statistics move), and only the methods' parameters step. Read only while :attr:`exclusive`."""
+        return True
+
+    def has_stages(self) -> bool:
+        """Whether some epochs run an exclusive stage (FitNets' stage 1, FT's paraphraser, AB's
+        initialisation); the trainer checks that such a stage leaves the run epochs to train the student."""
+        return False
+
+    def expand(self, images: torch.Tensor) -> Optional[torch.Tensor]:
+        """For a method that needs both networks on transformed copies of the batch (SSKD's rotations, MLKD's
+        strong augmentation): ``[images; copies]``, the batch's ``B`` rows first then the copies (``K*B`` rows
+        in all), drawn from a generator seeded by the run's seed and the step (resume-exact); such a method sets
+        :attr:`expands`. The trainer runs
+        the student and the teacher on it, computes CE, the metrics and every other method on the first ``B``
+        rows, and hands this method the signals of all rows. Such a method is not :attr:`cacheable`; at most
+        one method of a run expands."""
+        raise NotImplementedError(f"{self.name} sets expands but has no expand()")
 
     def set_epoch(self, epoch: int) -> None:
         """Called by the trainer at the start of every (0-based) epoch, a resumed one included, for

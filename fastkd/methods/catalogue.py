@@ -13,21 +13,7 @@ from . import METHODS
 from .base import PEERS
 
 #: (name, paper, peers shipping it) of the peers' classification methods fastkd does not have yet.
-NOT_YET: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
-    ("vid", "Ahn et al. 2019", ("mdistiller", "torchdistill")),
-    ("reviewkd", "Chen et al. 2021", ("mdistiller", "torchdistill")),  # torchdistill: HierarchicalContextLoss
-    ("fsp", "Yim et al. 2017", ("torchdistill",)),
-    ("ft", "Kim et al. 2018", ("torchdistill",)),
-    ("ab", "Heo et al. 2019 (AAAI)", ("torchdistill",)),  # torchdistill: AltActTransferLoss
-    ("sskd", "Xu et al. 2020", ("torchdistill",)),
-    ("srd", "Miles & Mikolajczyk 2024", ("torchdistill",)),
-    ("pad_l2", "Zhang et al. 2020", ("torchdistill",)),
-    ("kta", "He et al. 2019 (knowledge adaptation, affinity)", ("torchdistill",)),  # KTALoss, AffinityLoss
-    ("tfkd", "Yuan et al. 2020", ("torchdistill",)),  # RegularizationLoss
-    ("dist+", "Huang et al. 2025", ("torchdistill",)),
-    ("skd", "Jeong et al. 2026", ("torchdistill",)),  # SKDInstanceLoss, SKDDirectionLoss
-    ("mlkd", "Jin et al. 2023", ()),
-)
+NOT_YET: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = ()  # none: fastkd has every one of them
 HEADERS = ["method", "paper", "teacher signals", "defaults", "CE weight", "cacheable", *PEERS, "fastkd"]
 
 
@@ -45,10 +31,11 @@ def _defaults(cls) -> str:
 
 
 def method_rows() -> List[List[str]]:
-    """The table's rows: fastkd's methods in registration order, then the peers' methods it lacks."""
+    """The table's rows: fastkd's methods (the student-alone baseline ce first, then by name), then the peers'
+    methods it lacks."""
     yes = "yes"
     rows = []
-    for name, cls in METHODS.items():
+    for name, cls in sorted(METHODS.items(), key=lambda item: (item[0] != "ce", item[0])):  # ce, then a-z
         rows.append([name, cls.paper, ", ".join(sorted(cls.needs)) or "-", _defaults(cls), f"{cls.ce_weight:g}",
                      yes if cls.cacheable else "no (online)", *(yes if p in cls.peers else "-" for p in PEERS), yes])
     for name, paper, peers in NOT_YET:

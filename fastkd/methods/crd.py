@@ -2,7 +2,6 @@
 reference code: github.com/HobbitLong/RepDistiller (``crd/``)."""
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import List, Optional, Tuple
 
@@ -16,7 +15,9 @@ from fastkd.hashing import hash_ints
 from fastkd.ranks import rank_world
 
 from . import register_method
+from .adapters import SeededSteps
 from .base import Method
+from .precision import full_precision, widen
 
 #: ``eps`` of the reference ``ContrastLoss`` (added to the denominators of the NCE posterior).
 NCE_EPS = 1e-7
@@ -133,7 +134,7 @@ def _all_gather_rows(sizes: List[int], *tensors: torch.Tensor) -> Tuple[torch.Te
 
 
 @register_method("crd")
-class CRD(Method):
+class CRD(SeededSteps, Method):
     r"""Total loss = ``ce_weight`` * CE + ``weight`` * (L_s + L_t) on the ``embedding`` tap.
 
     Student and teacher embeddings go through their own :class:`Embed` head (linear to ``feat_dim`` +
@@ -217,18 +218,6 @@ class CRD(Method):
         self._dense = dense_scoring(n, self.k, self.feat_dim)
         self._step, self._index_checked, self._z_synced = 0, False, False
 
-    def get_extra_state(self):
-        return {"step": self._step, "seed": self._seed}
-
-    def set_extra_state(self, state):
-        self._step = int(state["step"])
-        self._seed = None if state.get("seed") is None else int(state["seed"])
-
-    @property
-    def step(self) -> int:
-        """Forward passes so far (restored from the state dict): the step key of the negatives."""
-        return self._step
-
     # ---- loss ----------------------------------------------------------------------------------------
     def forward(self, student, teacher, labels, index=None):
         if self.embed_s is None:
@@ -251,12 +240,9 @@ class CRD(Method):
         if world > 1:
             sizes = _batch_sizes(index)
             (everyone,), first = _all_gather_rows(sizes, index), sum(sizes[:rank])
-        dev = self.memory_s.device
-        no_autocast = (torch.autocast(dev.type, enabled=False) if dev.type in ("cuda", "cpu")
-                       else contextlib.nullcontext())
-        with no_autocast:
-            f_s = self.embed_s(s_emb.float())
-            f_t = self.embed_t(t_emb.float())
+        with full_precision(self.memory_s.device):  # the heads and banks in float32 (float64 with float64 signals)
+            f_s = self.embed_s(widen(s_emb))
+            f_t = self.embed_t(widen(t_emb))
             negatives = sample_negatives(everyone, n, self.k, self._seed, self._step)[first : first + len(index)]
             idx = torch.cat([index.unsqueeze(1), negatives], dim=1)
             p_s = contrast_exp_scores(f_s, self.memory_t, idx, self.temperature, self._dense)

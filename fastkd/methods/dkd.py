@@ -45,15 +45,32 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
     return tckd * temperature**2, nckd * temperature**2
 
 
+class LinearWarmup:
+    """Mixin of a loss weight that ramps up linearly over the first ``self.warmup`` epochs:
+    ``w = min((epoch + 1) / warmup, 1)`` for the 0-based epoch given to :meth:`set_epoch` (the references'
+    1-based ``epoch / warmup``); 1 before any :meth:`set_epoch` call and with ``warmup=0``."""
+
+    _epoch: Optional[int] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer at the start of each (0-based) epoch."""
+        self._epoch = int(epoch)
+
+    def warmup_factor(self) -> float:
+        if self._epoch is None or self.warmup == 0:
+            return 1.0
+        return min((self._epoch + 1) / self.warmup, 1.0)
+
+
 @register_method("dkd")
-class DKD(Method):
+class DKD(LinearWarmup, Method):
     """Total loss = ``ce_weight`` * CE + w(epoch) * (``alpha`` TCKD + ``beta`` NCKD), terms ``dkd.tckd``
     and ``dkd.nckd``.
 
     Paper CIFAR-100 defaults: alpha = 1, beta = 8, T = 4, CE weight 1, and the KD weight w ramps up
-    linearly over the first ``warmup`` = 20 epochs: ``w = min((epoch + 1) / warmup, 1)`` for the 0-based
-    epoch given to :meth:`set_epoch` (1/20 in the first epoch, as in the reference code's 1-based
-    ``epoch / 20``). Before any :meth:`set_epoch` call w = 1; ``warmup=0`` disables the ramp.
+    linearly over the first ``warmup`` = 20 epochs (:class:`LinearWarmup`: 1/20 in the first epoch, as in the
+    reference code's 1-based ``epoch / 20``). Before any :meth:`set_epoch` call w = 1; ``warmup=0`` disables
+    the ramp.
     """
 
     paper = "Zhao et al. 2022"
@@ -68,16 +85,6 @@ class DKD(Method):
             raise UserError(f"dkd.warmup must be >= 0 epochs, got {warmup}")
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
         self.warmup = int(warmup)
-        self._epoch: Optional[int] = None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer at the start of each (0-based) epoch."""
-        self._epoch = int(epoch)
-
-    def warmup_factor(self) -> float:
-        if self._epoch is None or self.warmup == 0:
-            return 1.0
-        return min((self._epoch + 1) / self.warmup, 1.0)
 
     def forward(self, student, teacher, labels, index=None):
         tckd, nckd = dkd_loss(student["logits"], teacher["logits"], labels, self.temperature)

@@ -77,6 +77,9 @@ class FitNets(Method):
         """Called by the trainer at the start of each (0-based) epoch."""
         self._epoch = int(epoch)
 
+    def has_stages(self) -> bool:
+        return self.stage1_epochs > 0
+
     @property
     def exclusive(self) -> bool:
         """True during the paper's stage 1 (hint training): the step's loss must be this method's alone."""

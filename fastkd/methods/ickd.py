@@ -10,11 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastkd.errors import UserError
-from fastkd.tap_names import STAGE_TAPS
-
 from . import register_method
-from .adapters import COMMON_STAGES, check_map, stage_names
+from .adapters import COMMON_STAGES, checked_maps, is_auto, shared_taps, stage_names
 from .base import Method
 from .precision import full_precision, widen
 
@@ -53,10 +50,6 @@ def ickd_loss(embedded_student: torch.Tensor, teacher_map: torch.Tensor) -> torc
     return (g_s - g_t).pow(2).sum() / (c * n)
 
 
-def _auto(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "auto"
-
-
 @register_method("ickd")
 class ICKD(Method):
     r"""Total loss = ``ce_weight`` * CE + ``weight`` * :math:`\sum_j` ``ickd_loss(embed_j(student[j]), teacher[j])``.
@@ -86,27 +79,21 @@ class ICKD(Method):
     def __init__(self, weight: float = 2.5, stages: Union[str, Iterable[str]] = "auto"):
         super().__init__()
         self.weight = float(weight)
-        self.auto = _auto(stages)
+        self.auto = is_auto(stages)
         self.stages = COMMON_STAGES[-1:] if self.auto else stage_names(stages, "ickd.stages")
         self.needs = frozenset(self.stages)
         self.embeds = nn.ModuleList()
 
     def select_taps(self, student_taps: Collection[str], teacher_taps: Collection[str]) -> None:
         """With ``stages=auto``: the last stage tap both models have."""
-        if not self.auto:
-            return
-        both = [s for s in STAGE_TAPS if s in student_taps and s in teacher_taps]
-        if not both:
-            raise UserError("ickd needs a stage tap (stage1..stage4) that both models have; these two have none")
-        self.stages = (both[-1],)
-        self.needs = frozenset(self.stages)
+        if self.auto:
+            self.stages = shared_taps("ickd", student_taps, teacher_taps)[-1:]
+            self.needs = frozenset(self.stages)
 
     def setup(self, student_signals, teacher_signals):
         self.embeds = nn.ModuleList()
         for name in self.stages:
-            s, t = student_signals[name], teacher_signals[name]
-            check_map(s, f"student tap {name}")
-            check_map(t, f"teacher tap {name}")
+            s, t = checked_maps(student_signals, teacher_signals, name)
             self.embeds.append(ChannelEmbed(s.shape[1], t.shape[1]))
 
     def forward(self, student, teacher, labels, index=None):

@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from fastkd.errors import UserError
-from fastkd.tap_names import STAGE_TAPS
 
 from . import register_method
-from .adapters import COMMON_STAGES, check_map, match_spatial, stage_names
+from .adapters import COMMON_STAGES, checked_maps, is_auto, match_spatial, shared_taps, stage_names
 from .base import Method
 from .precision import widen
 
@@ -102,10 +101,6 @@ def kdsvd_loss(student_maps: Sequence[torch.Tensor], teacher_maps: Sequence[torc
     return total / student_maps[0].shape[0]
 
 
-def _auto(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "auto"
-
-
 @register_method("kdsvd")
 class KDSVD(Method):
     r"""Total loss = ``ce_weight`` * CE + ``weight`` * ``kdsvd_loss(student[stages], teacher[stages], k)``.
@@ -139,7 +134,7 @@ class KDSVD(Method):
         if layout not in LAYOUTS:
             raise UserError(f"kdsvd.layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
         self.weight, self.k, self.layout = float(weight), int(k), layout
-        self.auto = _auto(stages)
+        self.auto = is_auto(stages)
         self.stages = COMMON_STAGES if self.auto else stage_names(stages, "kdsvd.stages")
         if len(self.stages) < 2:
             raise UserError(f"kdsvd.stages={stages!r}: give at least two stages (the loss relates consecutive ones)")
@@ -147,19 +142,13 @@ class KDSVD(Method):
 
     def select_taps(self, student_taps: Collection[str], teacher_taps: Collection[str]) -> None:
         """With ``stages=auto``: every stage tap both models have (at least two)."""
-        if not self.auto:
-            return
-        both = tuple(s for s in STAGE_TAPS if s in student_taps and s in teacher_taps)
-        if len(both) < 2:
-            raise UserError(f"kdsvd needs two stage taps that both models have; these two share "
-                            f"{', '.join(both) or 'none'}")
-        self.stages, self.needs = both, frozenset(both)
+        if self.auto:
+            self.stages = shared_taps("kdsvd", student_taps, teacher_taps, least=2)
+            self.needs = frozenset(self.stages)
 
     def setup(self, student_signals, teacher_signals):
         for name in self.stages:
-            s, t = student_signals[name], teacher_signals[name]
-            check_map(s, f"student tap {name}")
-            check_map(t, f"teacher tap {name}")
+            s, t = checked_maps(student_signals, teacher_signals, name)
             if self.layout == "paper" and s.shape[1] != t.shape[1]:
                 raise UserError(f"kdsvd.layout=paper compares singular vectors over channels, but {name} has "
                                 f"{s.shape[1]} student and {t.shape[1]} teacher channels; use kdsvd.layout=mdistiller")

@@ -8,11 +8,8 @@ from typing import Collection, Iterable, Union
 import torch
 import torch.nn.functional as F
 
-from fastkd.errors import UserError
-from fastkd.tap_names import STAGE_TAPS
-
 from . import register_method
-from .adapters import COMMON_STAGES, check_map, match_spatial, stage_names
+from .adapters import COMMON_STAGES, checked_maps, is_auto, match_spatial, shared_taps, stage_names
 from .base import Method
 from .precision import widen
 
@@ -44,10 +41,6 @@ def nst_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tens
     return poly_kernel_mean(ft, ft) + poly_kernel_mean(fs, fs) - 2.0 * poly_kernel_mean(fs, ft)
 
 
-def _auto(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "auto"
-
-
 @register_method("nst")
 class NST(Method):
     r"""Total loss = ``ce_weight`` * CE + ``weight`` * :math:`\sum_j` ``nst_loss(student[j], teacher[j])``.
@@ -68,23 +61,19 @@ class NST(Method):
     def __init__(self, weight: float = 50.0, stages: Union[str, Iterable[str]] = "auto"):
         super().__init__()
         self.weight = float(weight)
-        self.auto = _auto(stages)
+        self.auto = is_auto(stages)
         self.stages = COMMON_STAGES if self.auto else stage_names(stages, "nst.stages")
         self.needs = frozenset(self.stages)
 
     def select_taps(self, student_taps: Collection[str], teacher_taps: Collection[str]) -> None:
         """With ``stages=auto``: every stage tap both models have."""
-        if not self.auto:
-            return
-        both = tuple(s for s in STAGE_TAPS if s in student_taps and s in teacher_taps)
-        if not both:
-            raise UserError("nst needs stage taps (stage1..stage4) that both models have; these two have none")
-        self.stages, self.needs = both, frozenset(both)
+        if self.auto:
+            self.stages = shared_taps("nst", student_taps, teacher_taps)
+            self.needs = frozenset(self.stages)
 
     def setup(self, student_signals, teacher_signals):
         for name in self.stages:
-            check_map(student_signals[name], f"student tap {name}")
-            check_map(teacher_signals[name], f"teacher tap {name}")
+            checked_maps(student_signals, teacher_signals, name)
 
     def forward(self, student, teacher, labels, index=None):
         return {"nst": self.weight * sum(nst_loss(student[j], teacher[j]) for j in self.stages)}

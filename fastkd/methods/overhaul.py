@@ -13,7 +13,7 @@ from fastkd.ranks import mean_over_ranks
 from fastkd.tap_names import COMMON_DEPTH, PRE_TAPS, pre, stats
 
 from . import register_method
-from .adapters import check_map, match_spatial
+from .adapters import checked_maps, is_auto, match_spatial
 from .base import Method
 
 #: The pre-activation taps every model family has (``resnet32`` and SqueezeNet stop at ``pre3``).
@@ -143,7 +143,7 @@ class Overhaul(Method):
     def __init__(self, weight: float = 1.0, scale: float = 1e-3, stages: Union[str, Iterable[str]] = "auto"):
         super().__init__()
         self.weight, self.scale = float(weight), float(scale)
-        self.auto = isinstance(stages, str) and stages.strip().lower() == "auto"
+        self.auto = is_auto(stages)
         self.stages: Tuple[str, ...] = COMMON_PRE if self.auto else pre_names(stages, "overhaul.stages")
         self.needs = _needs(self.stages)
         self.connectors = nn.ModuleList()
@@ -165,9 +165,7 @@ class Overhaul(Method):
     def setup(self, student_signals, teacher_signals):
         self.connectors = nn.ModuleList()
         for name in self.stages:
-            s, t = student_signals[name], teacher_signals[name]
-            check_map(s, f"student tap {name}")
-            check_map(t, f"teacher tap {name}")
+            s, t = checked_maps(student_signals, teacher_signals, name)
             self.connectors.append(Connector(s.shape[1], t.shape[1]))
             self.register_buffer(f"margin_{name}", torch.zeros(t.shape[1]))
         self.margins_ready.fill_(False)

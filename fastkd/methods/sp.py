@@ -9,11 +9,8 @@ from typing import Collection, Iterable, Union
 import torch
 import torch.nn.functional as F
 
-from fastkd.errors import UserError
-from fastkd.tap_names import STAGE_TAPS
-
 from . import register_method
-from .adapters import COMMON_STAGES, stage_names
+from .adapters import COMMON_STAGES, is_auto, shared_taps, stage_names
 from .base import Method
 from .precision import widen
 
@@ -43,10 +40,6 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
     return (g_t - g_s).pow(2).sum() / (n * n)
 
 
-def _auto(value) -> bool:
-    return isinstance(value, str) and value.strip().lower() == "auto"
-
-
 @register_method("sp", "spkd")
 class SP(Method):
     r"""Total loss = ``ce_weight`` * CE + ``weight`` * :math:`\sum_j` ``sp_loss(student[j], teacher[j])``.
@@ -69,19 +62,15 @@ class SP(Method):
     def __init__(self, weight: float = 3000.0, stages: Union[str, Iterable[str]] = "auto"):
         super().__init__()
         self.weight = float(weight)
-        self.auto = _auto(stages)
+        self.auto = is_auto(stages)
         self.stages = COMMON_STAGES[-1:] if self.auto else stage_names(stages, "sp.stages")
         self.needs = frozenset(self.stages)
 
     def select_taps(self, student_taps: Collection[str], teacher_taps: Collection[str]) -> None:
         """With ``stages=auto``: the last stage tap both models have."""
-        if not self.auto:
-            return
-        both = [s for s in STAGE_TAPS if s in student_taps and s in teacher_taps]
-        if not both:
-            raise UserError("sp needs a stage tap (stage1..stage4) that both models have; these two have none")
-        self.stages = (both[-1],)
-        self.needs = frozenset(self.stages)
+        if self.auto:
+            self.stages = shared_taps("sp", student_taps, teacher_taps)[-1:]
+            self.needs = frozenset(self.stages)
 
     def forward(self, student, teacher, labels, index=None):
         return {"sp": self.weight * sum(sp_loss(student[j], teacher[j]) for j in self.stages)}

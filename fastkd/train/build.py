@@ -27,7 +27,7 @@ from fastkd.pipelines import ConvertedData, Loader, open_converted
 
 from . import checkpoint, distributed, sync_bn, tricks
 from .config import TrainConfig
-from .signals import SignalModel, prepare_methods
+from .signals import SignalModel, check_expanders, prepare_methods
 from .teacher import TeacherSource, teacher_network
 
 PURPOSES = ("train", "cache", "eval")
@@ -106,20 +106,55 @@ def _memory_format(cfg: TrainConfig):
     return torch.channels_last if cfg.channels_last else torch.preserve_format
 
 
+def online_only(methods, cfg: TrainConfig, main: bool) -> TrainConfig:
+    """``cfg`` for the teacher's side: without ``--teacher-cache`` when a method needs a teacher forward that a
+    cache cannot replay (:attr:`Method.cacheable` False: the teacher on copies of the batch the method makes),
+    with one line saying so."""
+    online = [m.name for m in methods if not m.cacheable]
+    if not (online and cfg.teacher_cache):
+        return cfg
+    if main:
+        log(f"--teacher-cache {cfg.teacher_cache} is not used: method {', '.join(online)} runs the teacher on "
+            "copies of the batch it makes, which a cache cannot hold, so the teacher runs online")
+    return replace(cfg, teacher_cache=None)
+
+
+def check_stage_lengths(methods, epochs: int) -> None:
+    """A method whose exclusive first stage (hints, a paraphraser, a teacher-side head) would last every epoch of
+    the run is a one-line error: the student would never train with its labels."""
+    for m in methods:
+        if not m.has_stages():
+            continue
+        exclusive = []
+        for epoch in range(epochs):
+            m.set_epoch(epoch)
+            exclusive.append(m.exclusive)
+        if all(exclusive):
+            stage = ", ".join(f"{m.name}.{k}={v}" for k, v in m.options().items() if k.endswith("epochs"))
+            raise UserError(f"--method {m.name}: its first stage ({stage}) lasts all {epochs} epochs of the run, so the "
+                            f"student never trains on its labels; raise --epochs or lower it with --opt")
+
+
 def _build_training_side(run: Run) -> None:
     cfg, loader = run.cfg, run.train_loader
     needs = set().union(*(m.needs for m in run.methods))
+    check_expanders(run.methods)
     run.student = build_student(cfg, run.data.num_classes, loader.low_res, run.device, run.dist.main, loader.res)
+    teacher_cfg = online_only(run.methods, cfg, run.dist.main) if needs else cfg
     if needs:
-        run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device, loader.res)
+        run.teacher = teacher_network(teacher_cfg, run.data.num_classes, loader.low_res, run.device, loader.res)
         run.teacher = run.teacher.to(memory_format=_memory_format(cfg))
     elif cfg.teacher or cfg.teacher_weights:
         raise UserError(f"--method {cfg.method} uses no teacher; drop --teacher/--teacher-weights or pick "
                         "a distillation method such as --method kd")
     run.student_signals, teacher_signals = prepare_methods(run.methods, run.student, run.teacher, loader.policy.out,
                                                            loader.count)
+    check_stage_lengths(run.methods, cfg.epochs)  # after setup: stages may freeze the adapters it built
+    if cfg.sync_bn:  # the adapters' BatchNorms too (regressors, connectors, fusion modules): the global batch's statistics
+        for m in run.methods:
+            sync_bn.convert(m, run.device)
     if teacher_signals is not None:  # online, or read from / written to --teacher-cache
-        run.teacher_source = TeacherSource(teacher_signals, cfg, loader, run.dist, run.device)
+        run.teacher_source = TeacherSource(teacher_signals, teacher_cfg, loader, run.dist, run.device)
     extra = [p for m in run.methods for p in m.parameters()]
     groups = tricks.param_groups(run.student, extra, cfg.weight_decay, cfg.no_bias_decay,
                                  head=getattr(run.student, "fastkd_new_head", ()), body_lr_scale=cfg.body_lr_scale)
@@ -128,6 +163,10 @@ def _build_training_side(run: Run) -> None:
 
 def _build_cache_side(run: Run) -> None:
     cfg, loader = run.cfg, run.train_loader
+    online = [m.name for m in run.methods if not m.cacheable]
+    if online:
+        raise UserError(f"method {', '.join(online)} cannot be served by a teacher cache (it runs the teacher on "
+                        "copies of the batch it makes); train it without --teacher-cache: the teacher runs online")
     run.teacher = teacher_network(cfg, run.data.num_classes, loader.low_res, run.device, loader.res)
     taps = model_taps(run.teacher)
     for m in run.methods:  # pair-dependent taps (overhaul's stages=auto) as for a student of the same family

@@ -1,6 +1,7 @@
 """One forward pass that returns the signals methods asked for: ``logits`` plus named taps."""
 from __future__ import annotations
 
+import contextlib
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -18,8 +19,9 @@ class SignalModel:
         taps = sorted(set(needs) - {"logits"})
         self.taps: Optional[FeatureTaps] = FeatureTaps(model, taps) if taps else None
 
-    def __call__(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits = self.model(images)
+    def __call__(self, images: torch.Tensor, model: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+        """The signals of ``images``; ``model``: the unwrapped network instead of :attr:`model` (its DDP wrapper)."""
+        logits = (model or self.model)(images)
         signals = dict(self.taps.outputs) if self.taps is not None else {}
         signals["logits"] = logits
         return signals
@@ -55,8 +57,9 @@ def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], r
     needs = set().union(*(m.needs for m in methods))
     s_signals = SignalModel(student, needs)
     t_signals = SignalModel(teacher, needs) if teacher is not None else None
-    device = next(student.parameters()).device
-    x = torch.zeros(2, 3, res, res, device=device)
+    first = next(student.parameters())
+    device = first.device
+    x = torch.zeros(2, 3, res, res, device=device, dtype=first.dtype)
     was_training = student.training
     student.eval()
     with torch.no_grad():
@@ -70,3 +73,38 @@ def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], r
         m.setup(s, t)
         m.to(device)
     return s_signals, t_signals
+
+
+def check_expanders(methods) -> None:
+    """At most one method of a run may run the networks on copies of the batch (:meth:`Method.expand`)."""
+    expanders = [m.name for m in methods if m.expands]
+    if len(expanders) > 1:
+        raise UserError(f"methods {' and '.join(expanders)} each run the networks on their own copies of the batch; "
+                        "combine at most one of them per run")
+
+
+def expanded_batch(methods, images: torch.Tensor):
+    """``(inputs, expander)``: the batch as the networks see it (a method's copies appended by its
+    :meth:`Method.expand`) and that method, or ``(images, None)``."""
+    for m in methods:
+        if m.expands:
+            return m.expand(images), m
+    return images, None
+
+
+def first_rows(signals: Dict[str, torch.Tensor], n: int) -> Dict[str, torch.Tensor]:
+    """The signals of the batch's first ``n`` rows (the original views of an expanded batch); per-model
+    statistics (``preK_stats``) as they are."""
+    return {k: v if k.endswith("_stats") else v[:n] for k, v in signals.items()}
+
+
+def method_terms(methods, s: Dict[str, torch.Tensor], t: Dict[str, torch.Tensor], n: int, expander, labels, index,
+                 autocast=None) -> Dict[str, torch.Tensor]:
+    """Every method's weighted terms: the ``expander`` on the signals of all rows, the others on the first ``n``
+    (the batch). ``autocast(method)``: a context to run each method in (the trainer's precision policy)."""
+    s_n, t_n = (first_rows(s, n), first_rows(t, n)) if expander is not None else (s, t)
+    terms: Dict[str, torch.Tensor] = {}
+    for m in methods:
+        with autocast(m) if autocast is not None else contextlib.nullcontext():
+            terms.update(m(s, t, labels, index) if m is expander else m(s_n, t_n, labels, index))
+    return terms

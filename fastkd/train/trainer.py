@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,6 +38,7 @@ from .evaluate import evaluate
 from .interrupt import StopSignals, resume_command
 from .meters import EpochMeters
 from .schedule import apply_lr, lr_at
+from .signals import expanded_batch, method_terms
 from .tensorboard_log import ScalarLog, require as require_tensorboard
 from .weights_files import safetensors_bytes
 
@@ -69,10 +71,9 @@ class Trainer:
         self.model = torch.compile(self.student) if cfg.compile else self.student
         self.s_signals.model = self.model
         if self.dist.world > 1:
-            # FitNets stage 1 leaves the layers above the guided one without gradients
-            unused = any(getattr(m, "stage1_epochs", 0) > 0 for m in self.methods)
-            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                 find_unused_parameters=unused)
+            # every parameter gets a gradient in every step through DDP: a method's exclusive stage (hints that leave
+            # the layers above them without gradient, or a stage training adapters alone) runs the student unwrapped
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             self.s_signals.model = self.model
         self.start_epoch, self.start_batch, self.history = 0, 0, []
         self.meters = EpochMeters(self.device)
@@ -167,38 +168,59 @@ class Trainer:
         """One optimiser step; returns the loss terms and the logits, still on the device (no sync)."""
         apply_lr(self.optimizer, lr_at(self.sched, epoch_pos))  # times each group's lr_scale (--body-lr-scale)
         images = batch.images  # channels-last already when the run is (the Loader's memory_format)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            s = self.s_signals(images)
-            t = self.teacher_source(images, batch) if self.teacher_source is not None else None
         exclusive = [m for m in self.methods if m.exclusive]  # e.g. FitNets stage 1: hint loss alone
-        terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(s["logits"], batch)}
+        active = exclusive or self.methods
+        x, expander = expanded_batch(active, images)  # SSKD's rotations, MLKD's strong views appended
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            if exclusive and not any(m.trains_student for m in exclusive):  # a stage training adapters only
+                s = self._frozen_student(x)
+            elif exclusive and self.dist.world > 1:
+                # a hint stage's loss reads taps, not the logits DDP returns, and DDP would wait for the gradients
+                # of the layers above them: the student runs unwrapped and its gradients are averaged below
+                s = self.s_signals(x, model=self.student)
+            else:
+                s = self.s_signals(x)
+            t = self.teacher_source(x, batch) if self.teacher_source is not None else None
+        n = images.shape[0]
+        logits = s["logits"][:n]
+        terms = {} if exclusive else {"ce": self.ce_weight * self._hard_loss(logits, batch)}
         if t is not None:
-            for m in exclusive or self.methods:
-                # a method with adapters (regressors, embedding heads) runs them in the step's precision: under
-                # --amp they take the half-precision signals; the other methods' terms are computed as they were
-                adapted = self.amp is not None and m in self._adapted
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=adapted):
-                    terms.update(m(s, t, batch.labels, batch.index_on(self.device)))
+            # a method with adapters (regressors, embedding heads) runs them in the step's precision: under
+            # --amp they take the half-precision signals; the other methods' terms are computed as they were
+            terms.update(method_terms(active, s, t, n, expander, batch.labels,
+                                      batch.index_on(self.device), autocast=self._method_precision))
         loss = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        self._average_method_grads()
+        self._average_grads(self.methods + ([self.student] if exclusive else []))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         terms["loss"] = loss
-        return {k: v.detach() for k, v in terms.items()}, s["logits"].detach()
+        return {k: v.detach() for k, v in terms.items()}, logits.detach()
 
-    def _average_method_grads(self) -> None:
-        """Adapters (regressors, connectors, heads) live outside DDP: average their gradients across ranks
-        so every rank keeps the same adapters."""
+    def _method_precision(self, method):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None and method in self._adapted)
+
+    def _frozen_student(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The student's signals without gradient and in eval mode (no BN statistics move): a method's stage
+        that trains only its own modules (FT's paraphraser, SSKD's teacher-side head)."""
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                return self.s_signals(x)
+        finally:
+            self.student.train()
+
+    def _average_grads(self, modules) -> None:
+        """Adapters (regressors, connectors, heads), and the student in an exclusive stage, run outside DDP: average
+        their gradients across ranks so every rank keeps the same weights (every rank has the same parameters
+        without gradient: the same graph)."""
         if self.dist.world == 1:
             return
-        import torch.distributed as dist
-
-        for m in self.methods:
+        for m in modules:
             for p in m.parameters():
                 if p.grad is not None:
                     dist.all_reduce(p.grad)
@@ -250,8 +272,6 @@ class Trainer:
         seen = self.meters.read()
         flags = torch.tensor([not seen["finite"], bool(self.stop.signum), due], dtype=torch.float32)
         if self.dist.world > 1:
-            import torch.distributed as dist
-
             flags = flags.to(self.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         bad, stop, due = flags.tolist()
