@@ -256,3 +256,15 @@ def test_half_precision_inputs_give_finite_float32_terms(name, dtype):
     assert terms and all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values()), terms
     sum(terms.values()).backward()
     assert all(torch.isfinite(s[k].grad).all() for k in m.needs)
+
+
+def test_skd_direction_of_a_student_equal_to_its_teacher_is_zero_with_a_finite_gradient():
+    """A student whose logits equal the teacher's (self-distillation from a copy) makes every row of D zero: the
+    distance is 0 and its gradient 0, not the NaN of the square root's derivative at 0."""
+    (skd,) = parse_methods("skd")
+    z = torch.randn(6, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    s = z.clone().requires_grad_(True)
+    terms = skd({"logits": s}, {"logits": z}, None, None)
+    assert terms["skd.direction"].item() == 0.0
+    terms["skd.direction"].backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().max().item() == 0.0

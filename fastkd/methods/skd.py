@@ -38,7 +38,8 @@ def skd_direction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
     :math:`\mathrm{cov}(D)`: the N x N covariance of :math:`D`'s columns over its rows (``torch.cov(D.T)``, divided
     by N - 1); the gradient flows through :math:`\Sigma'` as in the reference. :math:`\lambda` (``tikhonov``) > 0
     makes :math:`\Sigma'` positive definite, so it is inverted through its Cholesky factor. A batch of one has
-    no covariance (the reference gives NaN): the term is then 0, with zero gradient. Computed in float32 for
+    no covariance (the reference gives NaN): the term is then 0, with zero gradient; so is the distance of a row of
+    :math:`D` that is 0 (the reference's gradient is NaN there, through the square root). Computed in float32 for
     half-precision inputs (autocast off), float64 for float64; the teacher's logits are detached.
     """
     z_s, z_t = widen(student_logits), widen(teacher_logits.detach())
@@ -51,7 +52,11 @@ def skd_direction_loss(student_logits: torch.Tensor, teacher_logits: torch.Tenso
         centred = d - d.mean(dim=0, keepdim=True)
         cov = centred.t() @ centred / (n - 1) + tikhonov * torch.eye(n, dtype=d.dtype, device=d.device)
         solved = torch.cholesky_solve(d.t(), torch.linalg.cholesky(cov))  # Sigma'^-1 D^T
-        return (d * solved.t()).sum(dim=1).sqrt().mean()
+        squared = (d * solved.t()).sum(dim=1)
+        # a row of D that is 0 (the student's relations equal the teacher's) has distance 0 and gradient 0, where
+        # sqrt's derivative at 0 is infinite and would make the whole gradient NaN
+        zero = squared <= 0
+        return torch.where(zero, 0.0, squared.masked_fill(zero, 1.0).sqrt()).mean()
 
 
 @register_method("skd")
