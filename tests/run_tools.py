@@ -1,6 +1,9 @@
-"""Helpers shared by the training tests: fit a run and return its weights; one step of every method on a pair."""
+"""Helpers shared by the training tests: run the fastkd command in this process; fit a run and return its weights;
+one step of every method on a pair."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 
 import torch
@@ -11,6 +14,19 @@ from fastkd.train.signals import expanded_batch, method_terms, prepare_methods
 from fastkd.train.trainer import Trainer
 
 DISTILLERS = [m for m in list_methods() if m != "ce"]
+
+
+def fastkd_cli(*args):
+    """(exit code, stderr) of ``fastkd ARGS`` run in this process."""
+    from fastkd.cli import main
+
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, err.getvalue()
 
 
 def fit(cfg):

@@ -21,19 +21,9 @@ from fastkd.models import create_model
 from fastkd.train.build import build_student
 from fastkd.train.config import TrainConfig
 from layout_tools import make_image, write_image
+from run_tools import fastkd_cli as _fastkd
 
 BREEDS = ["n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02086240-Shih-Tzu"]
-
-
-def _fastkd(*args):
-    """(exit code, stderr) of ``fastkd ARGS`` run in this process."""
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
 
 
 def _mat_list(path, files, labels):

@@ -4,15 +4,13 @@ an expanding method's copies never reach CE or the metrics, and a method the tea
 teacher sees copies of the batch the method makes) runs its teacher online with one line saying so (``fastkd cache build`` refuses it in one line)."""
 from __future__ import annotations
 
-import contextlib
-import io
 import pytest
 import torch
 
-from fastkd.cli import main
 from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import Trainer, train
+from run_tools import fastkd_cli as _fastkd
 
 FAST = dict(student="shufflenet_v2_x0_5", batch_size=64, lr=0.05, res=32, workers=0, progress=False, device="cpu",
             teacher="resnet32")
@@ -20,17 +18,6 @@ FAST = dict(student="shufflenet_v2_x0_5", batch_size=64, lr=0.05, res=32, worker
 
 def _cfg(data, out, teacher, **kw):
     return TrainConfig(data=data, out=str(out), teacher_weights=teacher, **{**FAST, **kw})
-
-
-def _fastkd(*args):
-    """(exit code, stderr) of ``fastkd ARGS`` run in this process."""
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-    return code, err.getvalue()
 
 
 def _clone(state):
