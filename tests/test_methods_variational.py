@@ -10,20 +10,12 @@ import torch
 
 from fastkd.errors import UserError
 from fastkd.methods import parse_methods
+from test_methods_similarity import _maps  # N x shape float64 maps, N = 6 there too
 
 REL = 1e-9
 N = 6
 STAGES4 = {"stage1", "stage2", "stage3", "stage4", "embedding", "logits"}
 STAGES3 = {"stage1", "stage2", "stage3", "embedding", "logits"}
-
-
-def _maps(seed, shapes, grad=False, relu=False):
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, shape in shapes.items():
-        x = torch.randn(N, *shape, generator=g, dtype=torch.float64)
-        out[k] = (x.relu() if relu else x).requires_grad_(grad)
-    return out
 
 
 def _check(method, student, teacher, reference, extra=(), labels=None, ce_weight=0.0):
