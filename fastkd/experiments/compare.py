@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import replace
-from typing import List, Sequence
+from typing import Sequence
 
 from fastkd.methods import METHODS
 from fastkd.tables import format_table
@@ -32,17 +32,24 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
                           teacher=base.teacher if uses_teacher else None,
                           teacher_weights=base.teacher_weights if uses_teacher else None)
             cfg = cell_tensorboard(cfg, out, base.tensorboard)  # <tensorboard>/<method>/seed<k>
-            cells[(method, seed)] = run_or_reuse(cfg, f"{method}, seed {seed}", "compare")
-    rows: List[list] = []
-    for method in methods:
-        accs = [cells[(method, s)]["top1"] for s in seeds]
-        secs = [cells[(method, s)]["train_seconds"] for s in seeds]
-        spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        rows.append([method, statistics.mean(accs), spread, len(seeds), " / ".join(f"{a:.2f}" for a in accs),
-                     statistics.mean(secs)])
+            cells[(method, seed)] = run_or_reuse(cfg, f"{method}, seed {seed}", "compare", keep_diverged=True)
+    rows = [_row(method, [cells[(method, s)] for s in seeds]) for method in methods]
     result = {"student": base.student, "teacher_weights": base.teacher_weights, "data": base.data,
               "seeds": list(seeds), "epochs": base.epochs, "res": base.res, "method_options": base.method_options,
               "cells": {f"{m}/seed{s}": v for (m, s), v in cells.items()},
               "table": format_table(HEADERS, rows, markdown=True)}
     write_results(out, "compare", result, format_table(HEADERS, rows))
     return result
+
+
+def _row(method: str, cells: Sequence[dict]) -> list:
+    """One table row: mean, spread and time over the seeds that finished; a diverged seed shows as
+    ``diverged (epoch E)`` among the per-seed values and is left out of the mean (``seeds`` counts the
+    finished ones)."""
+    done = [c for c in cells if c.get("diverged") is None]
+    accs, secs = [c["top1"] for c in done], [c["train_seconds"] for c in done]
+    per_seed = " / ".join(f"{c['top1']:.2f}" if c.get("diverged") is None else f"diverged (epoch {c['diverged']['epoch']})"
+                          for c in cells)
+    spread = statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None)
+    return [method, statistics.mean(accs) if accs else None, spread, len(done), per_seed,
+            statistics.mean(secs) if secs else None]

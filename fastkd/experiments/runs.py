@@ -8,7 +8,7 @@ from typing import Optional
 
 from fastkd.log import log
 from fastkd.atomic import atomic_write_json, atomic_write_text
-from fastkd.errors import UserError
+from fastkd.errors import Diverged, UserError
 from fastkd.ownership import only_run_files, prepare_owned, run_lock
 from fastkd.train import distributed
 from fastkd.train.config import TrainConfig
@@ -16,13 +16,37 @@ from fastkd.train.tensorboard_log import export as export_tensorboard
 from fastkd.train.trainer import CHECKPOINT, train
 
 CELL = "cell"  # the marker kind of a cell folder of compare, ablate or grid
+DIVERGED = "diverged.json"  # a cell whose loss became non-finite (compare): where, and the message
 
 
-def run_or_reuse(cfg: TrainConfig, label: str, tag: str) -> dict:
+def run_or_reuse(cfg: TrainConfig, label: str, tag: str, keep_diverged: bool = False) -> dict:
     """The summary of the run in ``cfg.out``: read when it finished before with the same options (other
     options: a UserError); continued from its last checkpoint when it was stopped part-way (``fastkd train
     --resume`` semantics: a checkpoint written with other options is refused); else trained from scratch.
-    So an interrupted multi-run command resumes cell by cell, losing at most the epoch it was in."""
+    So an interrupted multi-run command resumes cell by cell, losing at most the epoch it was in.
+
+    ``keep_diverged``: a cell whose loss becomes non-finite does not stop the command: it is recorded in
+    ``<cell>/diverged.json`` (epoch, batch, message) and returned as ``{"top1": None, "diverged": {...}}``;
+    a later run with the same options reads that record instead of training the cell again."""
+    stopped = os.path.join(cfg.out, DIVERGED)
+    if keep_diverged and os.path.isfile(stopped):
+        _check_same_options(cfg, label)
+        with open(stopped) as f:
+            return json.load(f)
+    try:
+        return _run_or_read(cfg, label, tag)
+    except Diverged as exc:
+        if not keep_diverged:
+            raise
+        record = {"method": cfg.method, "seed": cfg.seed, "top1": None, "train_seconds": None,
+                  "diverged": {"epoch": exc.epoch, "batch": exc.batch, "message": str(exc)}}
+        if distributed.is_main_process():
+            atomic_write_json(stopped, record)
+        log(f"[{tag}] {label}: diverged ({exc}); recorded in {stopped}, going on")
+        return record
+
+
+def _run_or_read(cfg: TrainConfig, label: str, tag: str) -> dict:
     done = os.path.join(cfg.out, "summary.json")
     if os.path.isfile(done):
         _check_same_options(cfg, label)

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fastkd import __version__
 from fastkd.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
-from fastkd.errors import UserError
+from fastkd.errors import Diverged, UserError
 from fastkd.log import log
 from fastkd.models import count_parameters
 from fastkd.ownership import claims_run_folder
@@ -285,8 +285,8 @@ class Trainer:
 
     def _diverged(self, epoch: int, done: int) -> None:
         kept = f"; the last good checkpoint, {self.ckpt_path}, is kept" if os.path.exists(self.ckpt_path) else ""
-        raise UserError(f"the loss became non-finite (nan or inf) in epoch {epoch + 1} by batch {done}; lower --lr "
-                        f"(now {self.cfg.lr}) or check the data{kept}")
+        raise Diverged(f"the loss became non-finite (nan or inf) in epoch {epoch + 1} by batch {done}; lower --lr "
+                       f"(now {self.cfg.lr}) or check the data{kept}", epoch + 1, done)
 
     def _save(self, epoch: int, batch: int) -> None:
         """Checkpoint (rank 0), unless the last step left non-finite weights or BN statistics (its loss was
