@@ -2,6 +2,7 @@
 
     python benchmarks/bench_loader.py --data /tmp/orl --res 32 64
     python benchmarks/bench_loader.py --res 224 112  # 1,000 generated 360-640 px photos (--photos N), converted
+    python benchmarks/bench_loader.py --res 224 112 --backends torch memory --views-per-image 1 2 4
 
 One JSON per resolution: --out (default benchmarks/results/loader.json), with ``_r<res>`` before
 ``.json`` when several resolutions are given. Same as ``fastkd bench loader``.
@@ -31,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", type=int, nargs="+", default=[None], help="one or more resolutions (default: the dataset's)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--warmup-epochs", type=int, default=1)
+    p.add_argument("--views-per-image", type=int, nargs="+", default=[1],
+                   help="time each backend with K views cut from each decoded image, for each K (e.g. 1 2 4)")
     p.add_argument("--device", default="cpu")
     return bench_script_main(p, argv, DEFAULT_OUT, _run)
 
@@ -47,7 +50,7 @@ def _run(args) -> None:
             run_loader_bench(data, backends=tuple(args.backends), split=args.split, batch_size=args.batch_size,
                              workers=args.workers, res=res, epochs=args.epochs, warmup_epochs=args.warmup_epochs,
                              device=args.device, out_json=out, progress=not args.quiet,
-                             references=tuple(args.references))
+                             references=tuple(args.references), views_per_image=tuple(args.views_per_image))
             print(f"wrote {out}\n")
 
 

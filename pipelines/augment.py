@@ -170,10 +170,13 @@ def sample_cutout(cfg: AugmentConfig, seed: int, epoch: int, index: np.ndarray, 
     return {"cutout_box": box}
 
 
-def pair_positions(start: int, n: int) -> np.ndarray:
+def pair_positions(start: int, n: int, views_per_image: int = 1) -> np.ndarray:
     """Batch position of each sample's partner, for a batch at positions ``start..start+n-1`` of the epoch
-    order: global positions 2k and 2k+1 pair up; a sample whose partner is outside the batch gets itself."""
-    local = ((start + np.arange(n)) ^ 1) - start
+    order: global positions 2k and 2k+1 pair up; a sample whose partner is outside the batch gets itself.
+    With K views per image (each photo K times in a row) photos 2j and 2j+1 pair up, view k with view k."""
+    k = views_per_image
+    pos = start + np.arange(n)
+    local = (((pos // k) ^ 1) * k + pos % k) - start
     return np.where((local >= 0) & (local < n), local, np.arange(n)).astype(np.int64)
 
 
@@ -319,12 +322,15 @@ class Augmenter:
         self.mean, self.std = mean, std  # (1, C, 1, 1) on the 0..255 scale
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor, index: np.ndarray, start: int, epoch: int,
-                 inplace: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
-        """``inplace``: ``x`` may be overwritten (the Loader's own fresh batch); otherwise a copy is."""
+                 inplace: bool = False, views_per_image: int = 1
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Dict[str, torch.Tensor]]:
+        """``inplace``: ``x`` may be overwritten (the Loader's own fresh batch); otherwise a copy is. ``index``:
+        the views' keys (``view_policy.view_keys``: the dataset index with one view per image), so that
+        ``mix_partner`` is the partner view's key."""
         cfg, dev, targets = self.cfg, x.device, None
         host, boxes = {}, []  # the sampled entries (numpy), and the boxes whose masks are needed
         if cfg.mixing:
-            pos = pair_positions(start, len(index))
+            pos = pair_positions(start, len(index), views_per_image)
             host.update(sample_mixing(cfg, self.seed, epoch, index, index[pos], self.res))
             boxes.append(host["mix_box"])  # all zero on the rows that are not cutmix
         if cfg.erasing_p > 0:

@@ -31,6 +31,7 @@ class BackendConfig:
     pad: int = 0  # the Loader's pad-and-crop padding (0: none); a backend may cut those views itself (cuts_pad_crop)
     policy: Optional[object] = None  # the Loader's ViewPolicy; rrc: backends cut its boxes (view_policy.py) while decoding
     seed: int = 0  # the views' seed (boxes are a pure function of seed, epoch, index, stored size)
+    views_per_image: int = 1  # K: ``order`` repeats each photo K times in a row (its views k = 0..K-1)
 
 
 class Backend:

@@ -251,9 +251,13 @@ def stored_sizes(table, idx) -> np.ndarray:
 def view_boxes(cfg, epoch: int, idx, table) -> Optional[np.ndarray]:
     """(n, 5) rows ``(x0, y0, w, h, flip)``: the RRC/centre views the Loader reports for ``idx``, which the
     backend cuts (flip included, so the training process does no per-pixel work but normalising);
-    None for pad-and-crop (base images)."""
+    None for pad-and-crop (base images). ``idx``: one batch of the epoch order (with ``views_per_image`` K > 1
+    each photo K times in a row, view ``k`` = position mod K)."""
+    from .view_policy import view_keys, view_numbers
+
     policy = cfg.policy
     if policy is None or policy.kind != "rrc":
         return None
-    view = policy.sample(cfg.seed, epoch, np.asarray(idx), stored_sizes(table, idx))
+    keys = view_keys(idx, view_numbers(len(idx), cfg.views_per_image))
+    view = policy.sample(cfg.seed, epoch, keys, stored_sizes(table, idx))
     return np.concatenate([view["box"], view["flip"][:, None]], 1)

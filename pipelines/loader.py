@@ -16,7 +16,7 @@ from .backend import BackendConfig
 from .dataset import ConvertedData, open_converted
 from .order import epoch_order, num_batches
 from .decode import stored_sizes
-from .view_policy import ViewPolicy, pad_crop_flip
+from .view_policy import ViewPolicy, pad_crop_flip, view_keys, view_numbers
 
 
 class _SkippingOrder:
@@ -73,8 +73,11 @@ class Batch:
     labels: torch.Tensor
     """int64 (N,) class labels, on the training device."""
     index: torch.Tensor
-    """int64 (N,) dataset index of each sample in its split, on the host (CPU): the teacher cache's rows with
-    no device-to-host copy; :meth:`index_on` copies it to a device (CRD's memory banks)."""
+    """int64 (N,) dataset index of each sample in its split, on the host (CPU); :meth:`index_on` copies it to a
+    device (CRD's memory banks). With ``--views-per-image`` K > 1 each photo's index appears K times in a row."""
+    rows: torch.Tensor
+    """int64 (N,) on the host: each view's row of the epoch in the teacher cache, ``index * K + k`` (``index``
+    when K = 1), with no device-to-host copy."""
     view: ViewParams
     """The crop, flip and augmentation parameters of each sample."""
     epoch: int
@@ -141,7 +144,8 @@ class Loader:
     def __init__(self, data, split: str, backend: str = "torch", batch_size: int = 64, train: bool = True,
                  res: Optional[int] = None, seed: int = 0, workers: int = 2, device="cpu",
                  rank: int = 0, world: int = 1, drop_last: Optional[bool] = None,
-                 augment: Optional[AugmentConfig] = None, views: bool = True, channels_last: bool = True):
+                 augment: Optional[AugmentConfig] = None, views: bool = True, channels_last: bool = True,
+                 views_per_image: int = 1):
         self.data: ConvertedData = data if isinstance(data, ConvertedData) else open_converted(data)
         self.split, self.train, self.seed = split, train, seed
         self.count = int(self.data.split(split)["count"])
@@ -154,16 +158,24 @@ class Loader:
         self.batch_size = batch_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.augment = augment if (train and augment is not None and augment.active) else None
-        if self.augment is not None and self.augment.mixing and batch_size % 2:
-            raise UserError(f"mixup/cutmix pair consecutive samples (positions 2k, 2k+1 of the epoch order) and "
-                            f"need an even batch size; got {batch_size}")
+        self.views_per_image = k = int(views_per_image)
+        if k < 1 or (k > 1 and not train):
+            raise UserError(f"--views-per-image {k}: give K >= 1, for a training split only (evaluation views one per image)")
+        if batch_size % k:
+            raise UserError(f"--views-per-image {k} needs a batch size that is a multiple of it (a batch holds whole "
+                            f"photos, {k} views each); got --batch-size {batch_size}")
+        if self.augment is not None and self.augment.mixing and (batch_size // k) % 2:
+            raise UserError(f"mixup/cutmix pair consecutive photos (positions 2j and 2j+1 of the epoch order's photos) "
+                            f"and need an even batch size (an even number of photos per batch); got --batch-size "
+                            f"{batch_size}" + (f" with --views-per-image {k}" if k > 1 else ""))
         self.order = partial(epoch_order, self.count, seed, shuffle=train, rank=rank, world=world,
-                             batch_size=batch_size, drop_last=self.drop_last)
+                             batch_size=batch_size, drop_last=self.drop_last, views_per_image=k)
         self._backend_order = _SkippingOrder(self.order)  # no reference back to the Loader: freed by refcount
         name = BACKENDS.canonical(backend)
         cls = BACKENDS.get(name)
         cfg = BackendConfig(self.data, split, self.policy.base, batch_size, workers, self.device,
-                            self._backend_order, self.drop_last, pad=self.policy.pad, policy=self.policy, seed=seed)
+                            self._backend_order, self.drop_last, pad=self.policy.pad, policy=self.policy, seed=seed,
+                            views_per_image=k)
         cls.require(name, cfg)
         self.backend = cls(cfg)
         mean = torch.tensor(self.data.mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -180,15 +192,25 @@ class Loader:
     def __len__(self) -> int:
         return num_batches(len(self.order(0)), self.batch_size, self.drop_last)
 
-    def views_of(self, epoch: int, idx) -> Dict[str, np.ndarray]:
-        """The crop ``box`` and ``flip`` of samples ``idx`` in ``epoch`` (host arrays of ``Batch.view``'s): a pure
-        function of (seed, epoch, index) and, for RandomResizedCrop, each image's stored size."""
+    @property
+    def rows_per_epoch(self) -> int:
+        """Views of the split in one epoch: its images x ``views_per_image`` (the teacher cache's rows)."""
+        return self.count * self.views_per_image
+
+    def views_of(self, epoch: int, idx, k=None) -> Dict[str, np.ndarray]:
+        """The crop ``box`` and ``flip`` of samples ``idx`` (views ``k`` of them; None: view 0, as with one view
+        per image) in ``epoch`` (host arrays of ``Batch.view``'s): a pure function of (seed, epoch, index, k) and,
+        for RandomResizedCrop, each image's stored size."""
         sizes = stored_sizes(self._table, idx) if self.policy.kind == "rrc" else None
-        return self.policy.sample(self.seed, epoch, idx, sizes)
+        return self.policy.sample(self.seed, epoch, view_keys(idx, k), sizes)
+
+    def _view_numbers(self, n: int):
+        """``k`` of the n views of a batch (None with one view per image): batches start at whole photos."""
+        return view_numbers(n, self.views_per_image)
 
     def _crop_flip(self, epoch: int, idx: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
-        """float32 box (N, 4) and bool flip (N,), on the host, of :meth:`views_of`."""
-        view = self.views_of(epoch, idx)
+        """float32 box (N, 4) and bool flip (N,), on the host, of :meth:`views_of` (one batch's views)."""
+        view = self.views_of(epoch, idx, self._view_numbers(len(idx)))
         return torch.from_numpy(view["box"]).float(), torch.from_numpy(view["flip"])
 
     def _normalise_nchw(self, x: torch.Tensor) -> torch.Tensor:
@@ -238,10 +260,12 @@ class Loader:
         position = start * self.batch_size  # of the batch in the epoch order
         self._backend_order.skip = (epoch, position)
         for x, labels, idx, box, flip in self._image_path(epoch):
-            targets, augmented = None, {}
-            if self._augmenter is not None:
-                x, targets, augmented = self._augmenter(x, labels, idx, position, epoch, inplace=True)
+            targets, augmented, k = None, {}, self._view_numbers(len(idx))
+            if self._augmenter is not None:  # each view its own draws (its key), pairs of photos view by view
+                x, targets, augmented = self._augmenter(x, labels, view_keys(idx, k), position, epoch, inplace=True,
+                                                        views_per_image=self.views_per_image)
             view = ViewParams(box.to(self.device), flip.to(self.device), **augmented)
             position += len(idx)
-            yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), torch.from_numpy(idx), view,
-                        epoch, targets)
+            index = torch.from_numpy(idx)
+            rows = index if k is None else index * self.views_per_image + torch.from_numpy(k)
+            yield Batch(x.contiguous(memory_format=self.memory_format), labels.clone(), index, rows, view, epoch, targets)

@@ -8,8 +8,12 @@ import numpy as np
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, world: int = 1, batch_size: int = 1,
-                drop_last: bool = False) -> np.ndarray:
+                drop_last: bool = False, views_per_image: int = 1) -> np.ndarray:
     """Dataset indices this rank visits in ``epoch``, in order.
+
+    ``views_per_image`` K > 1: each photo of the permutation ``K`` times in a row (its K views, ``k`` = position
+    mod K), so with ``batch_size`` a multiple of K a batch holds ``batch_size / K`` whole photos and the ranks
+    deal whole photos.
 
     One process visits the seeded permutation. ``world`` ranks of per-rank batch ``B`` read it in global
     batches of ``world x B``, rank ``r`` taking the ``r``-th block of ``B`` of each, so global batch ``k``
@@ -21,9 +25,11 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool, rank: int = 0, wor
     each once; DistributedSampler would repeat some).
     """
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if views_per_image > 1:
+        order = np.repeat(order, views_per_image)
     if world > 1:
         if drop_last:
-            order = order[: n - n % (world * batch_size)]
+            order = order[: len(order) - len(order) % (world * batch_size)]
         order = order[(np.arange(len(order)) // batch_size) % world == rank]
     return order.astype(np.int64)
 

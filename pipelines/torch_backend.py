@@ -12,14 +12,16 @@ import torch
 from . import register_backend
 from .backend import Backend, BackendConfig, RawBatch, worker_batches
 from .decode import DecodeError, base_image, cut_view, failure, first_failure, view_boxes
+from .photo_views import cut_photo_views
 from .resize import cut_views
 from .order import batches, num_batches
 
 
 class Samples(torch.utils.data.Dataset):
     """Item ``(i, box)``: sample i's view cut while decoding (``box`` in stored pixels), or its base
-    square when ``box`` is None (pad-and-crop). A decode failure comes back as its reason (raised by the
-    main process, naming the sample), never as a worker traceback."""
+    square when ``box`` is None (pad-and-crop); with ``--views-per-image K`` > 1, item ``(i, boxes, K)``:
+    the K views (or K copies of the base square) from one decode, as one uint8 (K, ...) array. A decode failure
+    comes back as its reason (raised by the main process, naming the sample), never as a worker traceback."""
 
     def __init__(self, reader, side: int, out: int = 0):
         self.reader, self.side, self.out = reader, side, out
@@ -28,28 +30,37 @@ class Samples(torch.utils.data.Dataset):
         return len(self.reader)
 
     def __getitem__(self, item):
-        i, box = item if isinstance(item, tuple) else (item, None)
+        item = item if isinstance(item, tuple) else (item, None)
+        i, box, k = item if len(item) == 3 else (*item, 0)
         label = int(self.reader.table[i]["label"])
         try:
             data = self.reader.payload(i)
-            image = base_image(data, self.side) if box is None else cut_view(data, box, self.out)
+            if k:  # one photo, its K views
+                image = (np.repeat(base_image(data, self.side)[None], k, 0) if box is None
+                         else cut_photo_views(data, box, self.out))
+            else:
+                image = base_image(data, self.side) if box is None else cut_view(data, box, self.out)
         except DecodeError as exc:
             return None, label, i, str(exc)
         return image, label, i, None
 
 
 class _Encoded(Samples):
-    """Item ``(i, box)``: sample i's stored bytes, label, index and box, for decoding on the device."""
+    """Item ``(i, box)`` (or ``(i, boxes, K)``): sample i's stored bytes, label, index and box(es), for decoding
+    on the device."""
 
     def __getitem__(self, item):
-        i, box = item
+        i, box = item[:2]
         data = torch.from_numpy(np.frombuffer(self.reader.payload(i), dtype=np.uint8).copy())
-        return data, int(self.reader.table[i]["label"]), i, box
+        return data, int(self.reader.table[i]["label"]), i, np.asarray(box).reshape(-1, 5)
 
 
 def _collate_encoded(items):
-    return ([it[0] for it in items], torch.tensor([it[1] for it in items], dtype=torch.int64),
-            torch.tensor([it[2] for it in items], dtype=torch.int64), np.array([it[3] for it in items]))
+    """Per photo its bytes once; labels, indices and boxes per view (a photo's K views in a row)."""
+    k = np.array([len(it[3]) for it in items])
+    return ([it[0] for it in items], torch.tensor(np.repeat([it[1] for it in items], k), dtype=torch.int64),
+            torch.tensor(np.repeat([it[2] for it in items], k), dtype=torch.int64), np.concatenate([it[3] for it in items]),
+            torch.from_numpy(k))
 
 
 class _EpochBatches:
@@ -60,9 +71,15 @@ class _EpochBatches:
         self.cfg, self.table, self.epoch = cfg, table, 0
 
     def __iter__(self):
+        k = self.cfg.views_per_image
         for b in batches(self.cfg.order(self.epoch), self.cfg.batch_size, self.cfg.drop_last):
             boxes = view_boxes(self.cfg, self.epoch, b, self.table)
-            yield b.tolist() if boxes is None else list(zip(b.tolist(), map(tuple, boxes.tolist())))
+            if k > 1:  # the order repeats each photo K times in a row: one item (one decode) per photo
+                photos = b[::k].tolist()
+                views = [None] * len(photos) if boxes is None else [tuple(map(tuple, v)) for v in boxes.reshape(-1, k, 5).tolist()]
+                yield list(zip(photos, views, [k] * len(photos)))
+            else:
+                yield b.tolist() if boxes is None else list(zip(b.tolist(), map(tuple, boxes.tolist())))
 
     def __len__(self):
         return num_batches(len(self.cfg.order(self.epoch)), self.cfg.batch_size, self.cfg.drop_last)
@@ -85,8 +102,12 @@ def _collate(items):
     if errors:
         return None, None, None, errors[0]
     images = _stack_shared([it[0] for it in items])
-    labels = torch.tensor([it[1] for it in items], dtype=torch.int64)
-    index = torch.tensor([it[2] for it in items], dtype=torch.int64)
+    k = 1
+    if images.dim() == 5:  # (photos, K, ...): a photo's K views in a row
+        k = images.shape[1]
+        images = images.flatten(0, 1)
+    labels = torch.tensor(np.repeat([it[1] for it in items], k), dtype=torch.int64)
+    index = torch.tensor(np.repeat([it[2] for it in items], k), dtype=torch.int64)
     return images, labels, index, None
 
 
@@ -131,8 +152,9 @@ class TorchBackend(Backend):
         self.sampler.epoch = epoch
         dev = self.cfg.device
         if self.device_decode:
-            for data, labels, index, boxes in worker_batches(self.loader):
-                images = self._decode_on_device(data, index)
+            for data, labels, index, boxes, k in worker_batches(self.loader):
+                images = self._decode_on_device(data, index[np.cumsum(k.numpy()) - 1])  # each photo decoded once
+                images = [im for im, n in zip(images, k.tolist()) for _ in range(n)]
                 yield cut_views(images, boxes, self.out), labels.to(dev, non_blocking=True), index.to(dev, non_blocking=True)
             return
         for images, labels, index, error in worker_batches(self.loader):

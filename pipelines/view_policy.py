@@ -29,6 +29,24 @@ import torch.nn.functional as F
 from fastkd.hashing import GOLDEN, mix64
 
 
+#: ``--views-per-image K``: view ``k`` of photo ``i`` draws its randomness as the sample ``i + k * VIEW_STRIDE``, so view
+#: 0 is the photo's one view of K = 1 and the views of one photo are independent draws (datasets hold < 2**40 images)
+VIEW_STRIDE = 1 << 40
+
+
+def view_keys(index, k=None) -> np.ndarray:
+    """int64 keys the views' random streams are drawn from: ``index + k * VIEW_STRIDE`` (``index`` when ``k`` is
+    None: one view per image)."""
+    index = np.asarray(index, dtype=np.int64)
+    return index if k is None else index + np.asarray(k, dtype=np.int64) * VIEW_STRIDE
+
+
+def view_numbers(n: int, views_per_image: int) -> "np.ndarray | None":
+    """``k`` of each of ``n`` consecutive positions of an epoch order that repeats each photo ``views_per_image``
+    times from a position that is a multiple of it (every batch starts at one): ``arange(n) % K``; None for K = 1."""
+    return None if views_per_image == 1 else np.arange(n, dtype=np.int64) % views_per_image
+
+
 @functools.lru_cache(maxsize=64)
 def _epoch_key(seed: int, epoch: int) -> np.ndarray:
     """The (seed, epoch) part of every stream's hash (a read-only uint64 array of one element)."""

@@ -53,10 +53,14 @@ def test_loader_bench_on_generated_photos(tmp_path, capsys):
                        if importlib.util.find_spec(package.split(".")[0]) is not None)
     result = run_loader_bench(data, backends=("torch", "memory"), batch_size=8, workers=1, res=96, epochs=1,
                               warmup_epochs=0, out_json=str(tmp_path / "photos.json"), progress=False,
-                              references=references)
+                              references=references, views_per_image=(1, 4))
     rows = result["rows"]
     assert result["settings"]["policy"] == "rrc" and result["settings"]["references"] == list(references)
     for name in (BASELINE, DECODE_ONLY, "torch", "memory") + references:  # the libraries' own pipelines too
         assert rows[name]["status"] == "ok" and rows[name]["images"] == 24, rows[name]
+    for name in ("torch-k4", "memory-k4"):  # 4 views of each decoded photo: 96 views an epoch
+        assert rows[name]["status"] == "ok" and rows[name]["images"] == 96 and rows[name]["ratio"] > 0, rows[name]
+    assert result["settings"]["views_per_image"] == [1, 4]
     out = capsys.readouterr().out
+    assert "fastkd torch, K=4" in out and "fastkd memory, K=4" in out
     assert "decode-only" in out and all(f"{r.split('-')[0]} (own pipeline)" in out for r in references)

@@ -113,7 +113,7 @@ def test_full_disk_is_refused_before_writing(tmp_path, monkeypatch):
         TeacherCache.open(str(tmp_path / "c"), KEY, STORAGE, SIGNALS, 2, fill=True, log=lines.append)
     assert not (tmp_path / "c").exists()
     # 31 B: 10 B of float16 values, the CRC (4), the view fingerprint (16) and the written byte (1)
-    assert lines == [f"teacher cache {tmp_path / 'c'}: 31 B per view (logits float16 [5]) x 10 samples x 2 epochs "
+    assert lines == [f"teacher cache {tmp_path / 'c'}: 31 B per view (logits float16 [5]) x 10 views x 2 epochs "
                      "= 620 B (100 B free)"]
 
 

@@ -48,9 +48,18 @@ def consume(batches, device: torch.device) -> int:
     return n
 
 
+def label(name: str) -> str:
+    """The table's name of a row: ``fastkd torch``, or ``fastkd torch, K=4`` for row ``torch-k4`` (K views per
+    decoded image)."""
+    base, sep, k = name.rpartition("-k")
+    if sep and k.isdigit() and base in NAMES:
+        return f"{NAMES[base]}, K={k}"
+    return NAMES.get(name, name)
+
+
 def _failed(name: str, exc: BaseException) -> dict:
     skip = isinstance(exc, (UserError, ImportError))  # a missing package or converted format: skipped
-    return {"loader": NAMES.get(name, name), "status": f"skipped: {exc}" if skip else f"failed: {type(exc).__name__}: {exc}"}
+    return {"loader": label(name), "status": f"skipped: {exc}" if skip else f"failed: {type(exc).__name__}: {exc}"}
 
 
 def measure_round_robin(builders: Dict[str, Callable], warmup: int, epochs: int, progress: bool) -> Dict[str, dict]:
@@ -64,7 +73,7 @@ def measure_round_robin(builders: Dict[str, Callable], warmup: int, epochs: int,
         except Exception as exc:  # a benchmark reports a broken loader and goes on with the others
             rows[name] = _failed(name, exc)
             continue
-        rows[name] = {"loader": NAMES.get(name, name), "status": "ok", "build_s": time.perf_counter() - t0,
+        rows[name] = {"loader": label(name), "status": "ok", "build_s": time.perf_counter() - t0,
                       "images": 0, "seconds": 0.0, "epoch_images_per_s": []}
     for e in range(warmup + epochs):
         for name, (obj, run_epoch) in list(live.items()):
@@ -133,9 +142,12 @@ class _DecodeOnly:
 def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torch", "memory"), split: str = "train",
                      batch_size: int = 64, workers: int = 2, res: Optional[int] = None, epochs: int = 3,
                      warmup_epochs: int = 1, device="cpu", out_json: Optional[str] = None,
-                     progress: bool = True, references: Sequence[str] = ()) -> dict:
+                     progress: bool = True, references: Sequence[str] = (), views_per_image: Sequence[int] = (1,)
+                     ) -> dict:
     """``references``: FFCV's and DALI's own pipelines to time beside (:data:`REFERENCES`); ignored at
-    pad-and-crop resolutions (res <= 64), where they have no counterpart."""
+    pad-and-crop resolutions (res <= 64), where they have no counterpart. ``views_per_image``: each K times
+    every backend with K views cut from each decoded image (rows ``<backend>-k<K>`` for K > 1; their rate counts
+    views, the DataLoader's and decode-only's images)."""
     import torchvision
 
     from fastkd.pipelines import Loader, open_converted
@@ -163,9 +175,9 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                 collate_fn=torch.tensor, persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
             return dl, lambda dl, e: consume(iter(dl), dev)
 
-        def build_fastkd(backend):
+        def build_fastkd(backend, k=1):
             loader = Loader(conv, split, backend=backend, batch_size=batch_size, train=True, res=res,
-                            workers=workers, device=dev)
+                            workers=workers, device=dev, views_per_image=k)
             return loader, lambda ld, e: consume((b.images for b in ld.epoch(e)), dev)
 
         def build_reference(name):
@@ -180,7 +192,8 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
         if progress:
             log(f"bench loader: res {res}, batch {batch_size}, workers {workers}")
         rows = measure_round_robin({BASELINE: build_baseline, DECODE_ONLY: build_decode_only,
-                         **{b: partial(build_fastkd, b) for b in backends},
+                         **{b if k == 1 else f"{b}-k{k}": partial(build_fastkd, b, k)
+                            for k in views_per_image for b in backends},
                          **{r: partial(build_reference, r) for r in references}}, warmup_epochs, epochs, progress)
     base, ceiling = rows[BASELINE].get("images_per_s"), rows[DECODE_ONLY].get("images_per_s")
     for row in rows.values():
@@ -192,6 +205,7 @@ def run_loader_bench(data: str, backends: Sequence[str] = ("ffcv", "dali", "torc
                            "images": int(conv.split(split)["count"]), "res": res, "policy": policy.kind,
                            "base": policy.base, "batch_size": batch_size, "workers": workers, "epochs": epochs,
                            "warmup_epochs": warmup_epochs, "order": "round-robin", "backends": list(backends),
+                           "views_per_image": list(views_per_image),
                            "references": list(references)},
               "rows": rows}
     return publish_result(result, format_table(result), out_json)

@@ -31,7 +31,8 @@ def cache_key(cfg, loader, teacher: str, world: int, teacher_sha256: Optional[st
     bytes it loads). JSON-normalised so that it compares equal to a key read back from disk.
 
     - teacher: sha256 of the weights file (a fastkd checkpoint also names the stem) and architecture;
-    - data: sha256 of the conversion's manifest, the split and its size, the backend (JPEG decoders of
+    - data: sha256 of the conversion's manifest, the split and its rows per epoch (its size x the views per
+      image, and ``views_per_image`` when it is over 1), the backend (JPEG decoders of
       different backends may differ in the last bit of a pixel), its decode path (``Backend.decode_path``:
       decoder, where it runs, how views are cut) and the memory backend's holding tier (whole or capped,
       and the cap: ``--memory-limit`` can change it);
@@ -59,7 +60,7 @@ def cache_key(cfg, loader, teacher: str, world: int, teacher_sha256: Optional[st
         "teacher": teacher,
         "manifest_sha256": sha256_file(loader.data.path("manifest.json")),
         "split": loader.split,
-        "count": loader.count,
+        "count": loader.rows_per_epoch,
         "backend": cfg.backend,
         "decode_path": backend.decode_path,
         "memory_hold": getattr(backend, "hold", None),
@@ -74,6 +75,8 @@ def cache_key(cfg, loader, teacher: str, world: int, teacher_sha256: Optional[st
         "channels_last": cfg.channels_last,
         "world": world if mixing else None,
     }
+    if loader.views_per_image > 1:  # rows index * K + k (absent for one view per image: older caches stay valid)
+        key["views_per_image"] = loader.views_per_image
     return json.loads(json.dumps(key))
 
 

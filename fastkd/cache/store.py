@@ -210,7 +210,7 @@ class TeacherCache:
                          for n, s in new.items())
         free = shutil.disk_usage(existing_parent(root)).free
         kept = f" + {format_bytes(reserve)} for the run's checkpoints" if reserve else ""
-        log(f"teacher cache {root}: {format_bytes(per_view)} per view ({what}) x {key['count']} samples x "
+        log(f"teacher cache {root}: {format_bytes(per_view)} per view ({what}) x {key['count']} views x "
             f"{key['epochs']} epochs = {format_bytes(per_view * views)}{kept} ({format_bytes(free)} free)")
         if per_view * views + reserve > free:
             raise UserError(f"the teacher cache needs {format_bytes(per_view * views)}{kept} but {existing_parent(root)} has "
@@ -299,6 +299,11 @@ class TeacherCache:
         n = len(values[0])
         return np.array([zlib.crc32(b"".join(v[i].tobytes() for v in values)) for i in range(n)], dtype=np.uint32)
 
+    def _row_name(self, row) -> str:
+        """``dataset index 12``, or with K views per image ``dataset index 3, view 0`` (row ``index * K + k``)."""
+        k = int(self.meta["key"].get("views_per_image", 1))
+        return f"dataset index {int(row)}" if k == 1 else f"dataset index {int(row) // k}, view {int(row) % k}"
+
     def _check_fingerprints(self, epoch: int, name: str, idx: np.ndarray, stored: np.ndarray,
                             fingerprint: Optional[np.ndarray]) -> None:
         if fingerprint is None:
@@ -306,7 +311,7 @@ class TeacherCache:
         bad = np.flatnonzero((stored != fingerprint).any(1))
         if len(bad):
             raise UserError(
-                f"teacher cache {self.root}: the cached {name} of dataset index {int(idx[bad[0]])} in epoch {epoch + 1} "
+                f"teacher cache {self.root}: the cached {name} of {self._row_name(idx[bad[0]])} in epoch {epoch + 1} "
                 f"(folder epoch{epoch:04d}, {len(bad)} of the batch's {len(idx)} views) was computed on other pixels than "
                 "this run's view (fingerprint mismatch): the views changed since the cache was filled (a decoder, "
                 "library, memory tier or data change its key does not cover) or the cache was altered; fill a new "
@@ -332,10 +337,10 @@ class TeacherCache:
         if first is not None:
             name, index, path = first
             n = int(damaged.sum())
-            raise DamagedRows(f"teacher cache {path} is corrupted (row of dataset index {index} fails its CRC-32); "
+            raise DamagedRows(f"teacher cache {path} is corrupted (row of {self._row_name(index)} fails its CRC-32); "
                               f"delete {self.root} and fill it again", np.flatnonzero(damaged),
-                              f"{n} row(s) of epoch {epoch + 1} (folder epoch{epoch:04d}; first: {name} of dataset "
-                              f"index {index}) failed their CRC-32")
+                              f"{n} row(s) of epoch {epoch + 1} (folder epoch{epoch:04d}; first: {name} of "
+                              f"{self._row_name(index)}) failed their CRC-32")
         out = {}
         for name in names:
             spec, values = self.signals[name], loaded[name]

@@ -17,8 +17,9 @@ def cache():
 
 # the training run's options that decide what the cache holds (its key), from TrainConfig's declaration
 CACHE_FIELDS = ("teacher_weights", "teacher", "data", "epochs", "teacher_cache", "method", "method_options", "res",
-                "seed", "views", "erasing", "cutout", "mixup", "cutmix", "amp", "channels_last", "cache_dtype",
-                "cache_topk", "cache_budget", "backend", "batch_size", "workers", "train_split", "device", "progress")
+                "seed", "views", "views_per_image", "erasing", "cutout", "mixup", "cutmix", "amp", "channels_last",
+                "cache_dtype", "cache_topk", "cache_budget", "backend", "batch_size", "workers", "train_split", "device",
+                "progress")
 CACHE_OVERRIDES = {
     "teacher_weights": {"required": True},
     "epochs": {"default": None, "required": True, "help": "Epochs of views to fill (the training run's)."},

@@ -88,7 +88,8 @@ def build_run(cfg: TrainConfig, purpose: str = "train") -> Run:
     for split in splits:
         data.split(split)  # a missing split stops the run before any loader decodes a whole split
     run.train_loader = Loader(data, cfg.train_split, train=True, views=cfg.views, augment=cfg.augment_config(),
-                              drop_last=None if purpose == "train" else False, **common)
+                              drop_last=None if purpose == "train" else False, views_per_image=cfg.views_per_image,
+                              **common)
     if purpose == "train":
         run.eval_loader = Loader(data, run.eval_split, train=False, **common)
         if len(run.train_loader) == 0:

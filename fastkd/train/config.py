@@ -102,6 +102,9 @@ class TrainConfig:
                           "batch size.")
     cutmix: float = option(0.0, "CutMix Beta alpha (Yun et al. 2019: 1.0); with --mixup, each pair picks one at "
                            "random.")
+    views_per_image: int = option(1, "K views cut from each decoded training photo (FKD's multi-crop, repeated "
+                                  "augmentation): a batch holds batch-size/K photos x K views, an epoch is one pass "
+                                  "over the photos (K x N views); 1: one view per image.", min=1)
     res: Optional[int] = option(None, "Training resolution (default: the dataset's). <=64 selects the "
                                 "low-resolution stem and pad-and-crop; larger: RandomResizedCrop.")
     backend: str = option("torch", "Data pipeline (see `fastkd list backends`).", registry="fastkd.pipelines:BACKENDS")
@@ -140,8 +143,10 @@ class TrainConfig:
                     rule = "is not a finite number; it " + rule
             need(ok, option, rule)
 
-        for option in ("epochs", "batch_size", "eval_every", "step_size"):
+        for option in ("epochs", "batch_size", "eval_every", "step_size", "views_per_image"):
             integer(option, 1)
+        need(self.batch_size % self.views_per_image == 0, "batch_size",
+             f"must be a multiple of --views-per-image {self.views_per_image} (a batch holds whole photos)")
         for option in ("workers", "cache_topk", "seed"):
             integer(option, 0)
         number("lr", 0, low_open=True)

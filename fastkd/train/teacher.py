@@ -20,6 +20,7 @@ import os
 import warnings
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,9 +99,12 @@ def plan_signals(shapes: Dict[str, tuple], storage: dict, budget: float, views: 
 
 
 def _visited(loader, epoch: int):
-    """The dataset indices this rank trains on in ``epoch`` (a dropped last partial batch excluded)."""
+    """The cache rows this rank trains on in ``epoch`` (a dropped last partial batch excluded): dataset indices,
+    or ``index * K + k`` with ``--views-per-image K``."""
     order = loader.order(epoch)
-    return order[: len(loader) * loader.batch_size] if loader.drop_last else order
+    order = order[: len(loader) * loader.batch_size] if loader.drop_last else order
+    k = loader.views_per_image
+    return order if k == 1 else order * k + np.arange(len(order)) % k
 
 
 class TeacherSource:
@@ -135,7 +139,7 @@ class TeacherSource:
         storage = {"dtype": cfg.cache_dtype, "topk": int(cfg.cache_topk)}
         if storage["topk"] >= shapes["logits"][0]:
             storage["topk"] = 0  # every class kept: plain logits
-        self.cached = plan_signals(shapes, storage, cfg.cache_budget, loader.count * cfg.epochs)
+        self.cached = plan_signals(shapes, storage, cfg.cache_budget, loader.rows_per_epoch * cfg.epochs)
         self.online = sorted(set(shapes) - set(self.cached))
         if self.online and dist.main:
             log(f"teacher cache: {', '.join(self.online)} run online (their maps exceed --cache-budget "
@@ -171,7 +175,7 @@ class TeacherSource:
     def __call__(self, images: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
         idx = fingerprint = damaged = None
         if self.cache is not None:
-            idx = batch.index.numpy()
+            idx = batch.rows.numpy()
             fingerprint = view_fingerprint(images).cpu().numpy()  # the views exactly as the teacher sees them
             if not self.online and self.cache.has(batch.epoch, idx, self.cached):
                 try:
