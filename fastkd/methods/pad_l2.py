@@ -52,6 +52,12 @@ class PADL2(Method):
     follows the official split. ``l2_weight`` 15 (the official ``cse_l2`` factor), ``weight`` 1 (the
     ``pad_l2`` factor), ``eps`` 1e-6, CE weight 1 (``org_term`` factor 1). The variance branch gets no gradient
     during stage 1 (the reference builds it at stage 2).
+
+    Its gradient on the student's embedding is :math:`2 (s - t) / (\epsilon + e^{v})`: where the branch learns a
+    small variance it grows without bound, so from scratch at a large learning rate the student diverges (on the
+    ORL faces, resnet32 -> shufflenet_v2_x0_5, lr 0.05: NaN within 6 steps, the log-variance down to -10 by step 4,
+    as low as -265 at step 5); the reference starts it from an L2-trained student at a fine-tuning
+    learning rate. The same run at lr 0.01 trains (benchmarks/README.md).
     """
 
     paper = "Zhang et al. 2020"
