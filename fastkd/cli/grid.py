@@ -10,7 +10,8 @@ from .config_options import CELLS_TENSORBOARD, config_options, config_values
 from .options import memory_limit_option
 
 # the TrainConfig options a grid sets for every run (TrainConfig's declaration; a recipe fills the rest)
-GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "backend", "workers", "device", "progress", "tensorboard")
+GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "views_per_image", "backend", "workers", "device", "progress",
+               "tensorboard")
 GRID_OVERRIDES = {"epochs": {"help": "Epochs of every run."}, "lr": {"help": "Learning rate of every run."},
                   "progress": {"help": "No per-epoch progress bars (grid progress lines stay)."},
                   "tensorboard": CELLS_TENSORBOARD}
@@ -31,8 +32,8 @@ def _weights(items):
 
 
 @cli.command()
-@click.option("--data", required=True, help="A folder written by `fastkd convert`.")
-@click.option("--out", required=True, help="Grid folder: one run folder per cell, report.md/csv/json, plots/.")
+@click.option("--data", default=None, help="A folder written by `fastkd convert` (required).")
+@click.option("--out", default=None, help="Grid folder (required): a run folder per cell, report.md/csv/json, plots/.")
 @click.option("--recipe", default=None, help="A shipped recipe (cifar100-seed, crd-cifar100) or a recipe JSON "
               "file; the options below override it.")
 @click.option("--teachers", default=None, help="Comma list of teacher models (the table's columns).")
@@ -45,10 +46,28 @@ def _weights(items):
 @click.option("--teacher-epochs", type=click.IntRange(1), default=None, help="Epochs of the teachers only.")
 @click.option("--student-lr", type=float, default=None, help="Learning rate of the student runs only.")
 @memory_limit_option()
-def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, teacher_epochs, student_lr, **kw):
+@click.option("--plan", "plan_dir", default=None, metavar="DIR", help="Train nothing: write the grid's jobs to DIR "
+              "(jobs.txt, and submit.sh for SLURM), for a cluster with a shared file system.")
+@click.option("--job", default=None, metavar="NAME", help="Run one job of the grid's plan (see DIR/jobs.txt).")
+@click.option("--gpus-per-job", default="1", show_default=True, metavar="N", help="With --plan: submit.sh's "
+              "#SBATCH --gpus (a count or TYPE:COUNT; 0: none).")
+@click.option("--status", "status_dir", default=None, metavar="OUT", help="Print where the grid in OUT stands "
+              "(cells done, running where, waiting; time left) and exit.")
+@click.pass_context
+def grid(ctx, data, out, recipe, teachers, student, methods, seeds, teacher_weights, teacher_epochs, student_lr,
+         plan_dir, job, gpus_per_job, status_dir, **kw):
     """Teachers x methods x seeds: train or load each teacher once, the student baseline, every cell;
     skips finished cells, resumes a stopped one; writes the table (Markdown, CSV) and plots."""
     from fastkd.experiments.grid import GridSpec, run_grid
+
+    from .grid_jobs import print_status, run_jobs_mode
+
+    if status_dir is not None:
+        return print_status(status_dir)
+    if not data or not out:
+        raise UserError("give --data (a folder written by `fastkd convert`) and --out (the grid folder)")
+    if plan_dir is not None and job is not None:
+        raise UserError("--plan writes the jobs and --job runs one of them: give one of the two")
     from fastkd.pipelines import BACKENDS, open_converted
     from fastkd.recipes import load_recipe
 
@@ -75,6 +94,8 @@ def grid(data, out, recipe, teachers, student, methods, seeds, teacher_weights, 
         raise UserError("give --student (or a --recipe that names one)")
     BACKENDS.canonical(train.get("backend", "torch"))
     open_converted(data)
+    if plan_dir is not None or job is not None:
+        return run_jobs_mode(spec, ctx, plan_dir, job, gpus_per_job, progress)
     run_grid(spec, progress=progress)
 
 

@@ -1,0 +1,220 @@
+"""``fastkd grid --plan DIR`` and ``--job NAME``: a grid as separate jobs, for a cluster with a shared file system.
+
+The jobs of a grid, in dependency order (:func:`jobs`)::
+
+    teacher-<t>             the teacher cell (trained, or evaluated from --teacher-weights)
+    student-seed<k>         the student baseline of seed k
+    cache-<t>-seed<k>       the (teacher, seed) teacher cache, for every method of the grid  (after teacher-<t>)
+    <t>-<m>-seed<k>         one method cell                            (after teacher-<t> and cache-<t>-seed<k>)
+    report                  ``fastkd report OUT``: the table of the cells done (after every other job, done or not)
+
+Each job is a plain ``fastkd grid --job NAME <the grid's own options>`` command: it recomputes the same spec and
+runs its cells with :func:`fastkd.experiments.runs.run_or_reuse`, so a job run again skips what is done and
+resumes a stopped cell. A job holds a lock (``OUT/jobs/<name>/``, :func:`fastkd.ownership.run_lock`) for its whole
+run: a second copy exits with one line naming the holder (pid and host). A job whose inputs are not finished
+exits with one line naming what it waits for, exit code :data:`NOT_READY`. A finished job leaves
+``OUT/jobs/<name>.done.json``. ``--plan DIR`` writes ``jobs.txt`` (one job a line: name, the jobs it waits
+for, command) and ``submit.sh`` (``sbatch --dependency=afterok:`` chains; the same file is each job's script).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import socket
+import time
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+from fastkd.atomic import atomic_write_json, atomic_write_text
+from fastkd.errors import UserError
+from fastkd.experiments.grid import (Cell, GridSpec, _cell_config, _evaluate_teacher, _fill_teacher_cache,
+                                     _save_spec, plan)
+from fastkd.log import log
+from fastkd.ownership import LOCK, run_lock
+
+NOT_READY = 3  # the exit code of a job whose inputs are not finished (a user's mistake is 2)
+JOBS = "jobs"  # OUT/jobs/: job locks and done markers
+
+
+class NotReady(UserError):
+    """A job started before the jobs it needs finished."""
+
+
+class Job(NamedTuple):
+    name: str
+    kind: str  # "teacher", "student", "cache", "cell" or "report"
+    cell: Optional[Cell]  # the cell it trains (None for cache and report)
+    teacher: Optional[str]
+    seed: int
+    after: Tuple[str, ...]  # the jobs it needs
+
+
+def jobs(spec: GridSpec) -> List[Job]:
+    """Every job of ``spec`` (a checked spec), each after the jobs it needs."""
+    out, pairs = [], []
+    for cell in plan(spec):
+        if cell.row == "teacher":
+            out.append(Job(f"teacher-{cell.teacher}", "teacher", cell, cell.teacher, 0, ()))
+        elif cell.row == "student":
+            out.append(Job(f"student-seed{cell.seed}", "student", cell, None, cell.seed, ()))
+        else:
+            if (cell.teacher, cell.seed) not in pairs:
+                pairs.append((cell.teacher, cell.seed))
+                out.append(Job(f"cache-{cell.teacher}-seed{cell.seed}", "cache", None, cell.teacher, cell.seed,
+                               (f"teacher-{cell.teacher}",)))
+            out.append(Job(f"{cell.teacher}-{cell.row}-seed{cell.seed}", "cell", cell, cell.teacher, cell.seed,
+                           (f"teacher-{cell.teacher}", f"cache-{cell.teacher}-seed{cell.seed}")))
+    ordered = [j for kind in ("teacher", "cache", "student", "cell") for j in out if j.kind == kind]
+    return ordered + [Job("report", "report", None, None, 0, tuple(j.name for j in ordered))]
+
+
+def job_for(spec: GridSpec, cell: Cell) -> str:
+    """The name of the job that trains ``cell``."""
+    return next(j.name for j in jobs(spec) if j.cell == cell)
+
+
+def done_marker(out: str, name: str) -> str:
+    return os.path.join(out, JOBS, f"{name}.done.json")
+
+
+def lock_folder(out: str, name: str) -> str:
+    return os.path.join(out, JOBS, name)
+
+
+def lock_holder(folder: str) -> Optional[Tuple[Optional[int], str, str]]:
+    """(pid, host, text) written in ``folder``'s run lock file by its holder; None when there is no lock file."""
+    try:
+        with open(os.path.join(folder, LOCK)) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    m = re.match(r"pid (\d+) on host (\S+)", text)
+    return (int(m.group(1)), m.group(2), text) if m else (None, "", text or "a process starting")
+
+
+# ---- --job NAME -----------------------------------------------------------------------------------------
+def run_job(spec: GridSpec, name: str, progress: bool = True) -> None:
+    """Run job ``name`` of ``spec``: its cell (or cache), reusing what is done; a UserError when another process
+    runs it, :class:`NotReady` when a job it needs has not finished."""
+    spec = spec.check()
+    by_name = {j.name: j for j in jobs(spec)}
+    if name not in by_name:
+        raise UserError(f"--job {name}: no such job in this grid; its jobs are {', '.join(by_name)}")
+    job = by_name[name]
+    os.makedirs(os.path.join(spec.out, JOBS), exist_ok=True)
+    folder = lock_folder(spec.out, name)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(folder))
+        except UserError:
+            held = lock_holder(folder)
+            raise UserError(f"job {name} is already running ({held[2] if held else 'another process'}; lock "
+                            f"{os.path.join(folder, LOCK)}); this copy exits: wait for that one or stop it") from None
+        start = time.time()
+        _save_spec(spec)
+        _run(spec, job, progress)
+        atomic_write_json(done_marker(spec.out, name), {"job": name, "host": socket.gethostname(),
+                                                        "seconds": time.time() - start, "finished": time.time()})
+        log(f"[grid] job {name} done ({time.time() - start:.1f} s)")
+
+
+def _run(spec: GridSpec, job: Job, progress: bool) -> None:
+    from dataclasses import replace
+
+    from fastkd.experiments.report import write_report
+    from fastkd.experiments.runs import run_or_reuse
+
+    if job.kind == "report":
+        write_report(spec.out)
+        return
+    cell = job.cell
+    if job.kind == "teacher" and cell.teacher in spec.teacher_weights:
+        _evaluate_teacher(spec, cell, spec.teacher_weights[cell.teacher])
+        return
+    finished = cell is not None and os.path.isfile(os.path.join(cell.out, "summary.json"))
+    weights = _teacher_weights(spec, job) if job.kind in ("cache", "cell") else None
+    if job.kind == "cell" and not finished:
+        if not os.path.isfile(done_marker(spec.out, job.after[1])):
+            raise NotReady(f"job {job.name} waits for the teacher cache of {job.teacher}, seed {job.seed} (no "
+                           f"{done_marker(spec.out, job.after[1])}): run job {job.after[1]} first")
+    if job.kind == "cache":
+        method_cell = next(c for c in plan(spec) if c.row not in ("teacher", "student")
+                           and (c.teacher, c.seed) == (job.teacher, job.seed))
+        _fill_teacher_cache(spec, replace(_cell_config(spec, method_cell, weights), progress=progress))
+        return
+    cfg = replace(_cell_config(spec, cell, weights), progress=progress)
+    run_or_reuse(cfg, cell.label, "grid")
+
+
+def _teacher_weights(spec: GridSpec, job: Job) -> str:
+    """The teacher checkpoint of a cache or method job: --teacher-weights, else the finished teacher cell's."""
+    if job.teacher in spec.teacher_weights:
+        return spec.teacher_weights[job.teacher]
+    summary = os.path.join(spec.out, "teachers", job.teacher, "summary.json")
+    if not os.path.isfile(summary):
+        raise NotReady(f"job {job.name} waits for teacher {job.teacher} (no {summary}): run job "
+                       f"teacher-{job.teacher} first")
+    import json
+
+    with open(summary) as f:
+        return json.load(f)["checkpoint"]
+
+
+# ---- --plan DIR -----------------------------------------------------------------------------------------
+def write_plan(spec: GridSpec, folder: str, fastkd: Sequence[str], grid_args: Sequence[str],
+               gpus_per_job: str = "1") -> List[Job]:
+    """Write ``folder``/jobs.txt and ``folder``/submit.sh for ``spec`` (checked here), and the grid's spec in its
+    --out; ``fastkd``: the command that runs fastkd, ``grid_args``: the grid's own options (given to every
+    job). Nothing is trained."""
+    spec = spec.check()
+    gpus = str(gpus_per_job).strip()
+    if not re.fullmatch(r"[A-Za-z0-9_:.-]*", gpus):
+        raise UserError(f"--gpus-per-job {gpus_per_job!r}: give a count or TYPE:COUNT (e.g. 1, a100:2), or 0 for none")
+    os.makedirs(spec.out, exist_ok=True)
+    _save_spec(spec)
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
+    todo = jobs(spec)
+    commands = {j.name: _command(j, spec, fastkd, grid_args) for j in todo}
+    lines = ["# fastkd grid plan: one job a line, in dependency order: NAME<TAB>AFTER (its jobs, comma list; - for "
+             "none)<TAB>COMMAND",
+             f"# run the commands from {os.getcwd()} (submit.sh does); e.g. grep -v '^#' jobs.txt | "
+             "while IFS=$'\\t' read -r name after cmd; do bash -c \"$cmd\" </dev/null || break; done"]
+    lines += [f"{j.name}\t{','.join(j.after) or '-'}\t{commands[j.name]}" for j in todo]
+    atomic_write_text(os.path.join(folder, "jobs.txt"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(folder, "submit.sh"), _submit_script(todo, commands, folder, gpus))
+    os.chmod(os.path.join(folder, "submit.sh"), 0o755)
+    log(f"[grid] plan of {len(todo)} jobs in {folder}: run `bash {os.path.join(folder, 'submit.sh')}` to submit them "
+        f"to SLURM, or the lines of jobs.txt in order; `fastkd grid --status {spec.out}` shows progress")
+    return todo
+
+
+def _command(job: Job, spec: GridSpec, fastkd: Sequence[str], grid_args: Sequence[str]) -> str:
+    words = [*fastkd, "report", spec.out] if job.kind == "report" else [*fastkd, "grid", "--job", job.name, *grid_args]
+    return " ".join(shlex.quote(str(w)) for w in words)
+
+
+def _submit_script(todo: List[Job], commands: dict, folder: str, gpus: str) -> str:
+    gpu_line = [f"#SBATCH --gpus={gpus}"] if gpus not in ("", "0") else []
+    head = ["#!/bin/bash", *gpu_line, f"#SBATCH --output={folder}/logs/%x-%j.out", f"#SBATCH --chdir={os.getcwd()}",
+            "# Written by `fastkd grid --plan`. `bash submit.sh` submits every job of the grid with sbatch, each",
+            "# after the jobs it needs (--dependency=afterok:); sbatch runs this same file as each job's script",
+            "# (`submit.sh --run COMMAND...`: srun COMMAND). Extra sbatch options: SBATCH_EXTRA=\"--partition=x\".",
+            "set -euo pipefail",
+            'if [ "${1:-}" = "--run" ]; then shift; exec srun "$@"; fi',
+            f"cd {shlex.quote(os.getcwd())}",
+            f"SCRIPT={shlex.quote(os.path.join(folder, 'submit.sh'))}",
+            "declare -A JOB",
+            "submit() {  # NAME DEPENDENCY COMMAND...",
+            '  local name=$1 dep=$2; shift 2',
+            '  JOB[$name]=$(sbatch --parsable --job-name="$name" ${dep:+--dependency=$dep} ${SBATCH_EXTRA:-} '
+            '"$SCRIPT" --run "$@")',
+            '  echo "$name: ${JOB[$name]}"',
+            "}"]
+    body = []
+    for j in todo:
+        kind = "afterany" if j.kind == "report" else "afterok"
+        dep = f"{kind}:" + ":".join(f"${{JOB[{a}]}}" for a in j.after) if j.after else ""
+        body.append(f"submit {j.name} {shlex.quote(dep) if not dep else dep} {commands[j.name]}")
+    return "\n".join(head + body) + "\n"
