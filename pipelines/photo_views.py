@@ -30,7 +30,7 @@ def cut_photo_views(data: bytes, views, out: int) -> np.ndarray:
     if region is None:
         region = _pil_whole(data, scale)
     pixels, ox, oy, k, sw, sh = region
-    image = Image.fromarray(pixels)
+    image = []  # the PIL image of the region, made once if some view needs PIL's resize
     return np.stack([_cut(pixels, image, ox, oy, k, sw, sh, v, out) for v in views])
 
 
@@ -75,17 +75,18 @@ def _pil_whole(data: bytes, s: int):
     return pixels, 0, 0, int(round(wid / rw)), rw, rh
 
 
-def _cut(pixels: np.ndarray, image: Image.Image, ox: int, oy: int, k: int, sw: int, sh: int, view, out: int
-         ) -> np.ndarray:
+def _cut(pixels: np.ndarray, image: list, ox: int, oy: int, k: int, sw: int, sh: int, view, out: int) -> np.ndarray:
     """One view from a decoded region whose pixel (0, 0) is scaled pixel ``(ox, oy)`` at scale ``1/k`` of a
-    ``sw x sh`` scaled image."""
+    ``sw x sh`` scaled image; ``image``: [] or [the region as a PIL image], filled on first need."""
     x0, y0, bw, bh = (float(v) for v in view[:4])
     flip = bool(view[4])
     if k == 1 and _on_whole_pixels((x0, y0, bw, bh), sw, sh):
         c, r = int(x0) - ox, int(y0) - oy
         return _resize_crop(pixels[r : r + int(bh), c : c + int(bw)], flip, out)
     fx0, fy0, fx1, fy1 = x0 / k, y0 / k, min((x0 + bw) / k, sw), min((y0 + bh) / k, sh)
-    im = image.resize((out, out), Image.BILINEAR, box=(fx0 - ox, fy0 - oy, fx1 - ox, fy1 - oy))
+    if not image:
+        image.append(Image.fromarray(pixels))
+    im = image[0].resize((out, out), Image.BILINEAR, box=(fx0 - ox, fy0 - oy, fx1 - ox, fy1 - oy))
     if flip:
         im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(im, dtype=np.uint8)
