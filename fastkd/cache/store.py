@@ -38,12 +38,11 @@ from fastkd.sizes import format_bytes
 
 from .fingerprint import FP_WORDS
 from .key import key_differences
+from .rows import decode_rows, encode_rows, parts, row_bytes, stored_spec  # noqa: F401  (row_bytes, stored_spec: API)
 
 FORMAT = "fastkd-teacher-cache"
 META, LOCK = "cache.json", "fill.lock"
-Part = Tuple[str, str, Tuple[int, ...]]  # file suffix, numpy dtype, per-row shape
 TEMP = re.compile(r".+\.npy\.tmp-\d+")  # the temporary names of :meth:`TeacherCache._create`
-FLOAT16_MAX = 65504.0
 
 
 class DamagedRows(UserError):
@@ -53,24 +52,6 @@ class DamagedRows(UserError):
     def __init__(self, message: str, positions: np.ndarray, what: str):
         super().__init__(message)
         self.positions, self.what = positions, what
-
-
-def parts(spec: dict) -> List[Part]:
-    """The value arrays of one signal: one, or three for top-k logits."""
-    k = int(spec.get("topk") or 0)
-    if k:
-        return [("values", spec["dtype"], (k,)), ("indices", "int32", (k,)), ("rest", "float32", ())]
-    return [("values", spec["dtype"], tuple(spec["shape"]))]
-
-
-def row_bytes(spec: dict) -> int:
-    """Bytes one view of one signal takes: values, CRC (4), view fingerprint (16) and bitmap (1)."""
-    return sum(np.dtype(d).itemsize * math.prod(s) for _, d, s in parts(spec)) + 5 + 8 * FP_WORDS
-
-
-def stored_spec(name: str, spec: dict, storage: dict) -> dict:
-    """A signal's stored form: the run's dtype; top-k only for logits."""
-    return {"shape": list(spec["shape"]), "dtype": storage["dtype"], "topk": storage["topk"] if name == "logits" else 0}
 
 
 def existing_parent(path: str) -> str:
@@ -345,7 +326,7 @@ class TeacherCache:
         for name in names:
             spec, values = self.signals[name], loaded[name]
             self._check_fingerprints(epoch, name, idx, np.asarray(self._maps[name]["fp"][idx]), fingerprint)
-            t = self._decode(spec, [torch.from_numpy(v) for v in values])
+            t = decode_rows(spec, [torch.from_numpy(v) for v in values])
             t = t.to(device=device, dtype=getattr(torch, spec.get("compute_dtype") or "float32"))
             out[name] = t.contiguous(memory_format=torch.channels_last) if spec.get("channels_last") else t
         return out
@@ -377,7 +358,7 @@ class TeacherCache:
             rows = idx[todo]
             t = outputs[name].detach()
             # index_select, not t[tensor]: advanced indexing took ~30 ms for 32 rows on our loaded 2-core CPU
-            values = self._encode(spec, t if len(todo) == len(t) else t.index_select(0, torch.from_numpy(todo).to(t.device)),
+            values = encode_rows(spec, t if len(todo) == len(t) else t.index_select(0, torch.from_numpy(todo).to(t.device)),
                                   name, epoch, self.root)
             arrays["written"][rows] = 0  # a rewritten row is not served while it is being written
             for (sfx, _, _), v in zip(parts(spec), values):
@@ -385,36 +366,6 @@ class TeacherCache:
             arrays["crc"][rows] = self._crc(values)
             arrays["fp"][rows] = fingerprint[todo] if fingerprint is not None else 0
             arrays["written"][rows] = 1
-
-    @staticmethod
-    def _encode(spec: dict, t: torch.Tensor, name: str = "", epoch: int = 0, root: str = "") -> List[np.ndarray]:
-        """The stored arrays of ``t``'s rows (dtype conversion by torch: numpy's float16 cast is scalar and slow).
-        A finite value beyond float16's range in a float16 cache is refused (it would be stored as inf)."""
-        t, dtype = t.float().cpu(), getattr(torch, spec["dtype"])
-        k = int(spec.get("topk") or 0)
-        values = t.topk(k, dim=1) if k else None
-        stored = values.values if k else t
-        if dtype == torch.float16:
-            big = stored.abs().masked_fill(~stored.isfinite(), 0).amax() if stored.numel() else torch.tensor(0.0)
-            if float(big) > FLOAT16_MAX:
-                raise UserError(f"teacher signal {name} reaches {float(big):.4g} in epoch {epoch + 1}, beyond float16's "
-                                f"range (+-{FLOAT16_MAX:.0f}), so the float16 cache {root} would hold inf; fill a new "
-                                "--teacher-cache folder with --cache-dtype float32")
-        if not k:
-            return [t.to(dtype).numpy()]
-        indices = values.indices
-        rest = t.scatter(1, indices, float("-inf")).logsumexp(1)
-        return [values.values.to(dtype).numpy(), indices.int().numpy(), rest.numpy()]
-
-    @staticmethod
-    def _decode(spec: dict, values: List[torch.Tensor]) -> torch.Tensor:
-        if not int(spec.get("topk") or 0):
-            return values[0].float()
-        top, indices, rest = values
-        classes = spec["shape"][0]
-        fill = rest - math.log(max(classes - top.shape[1], 1))
-        full = fill[:, None].expand(len(top), classes).clone()
-        return full.scatter_(1, indices.long(), top.float())
 
     def flush(self) -> None:
         for arrays in self._maps.values():
