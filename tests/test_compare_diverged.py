@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
 
 from fastkd.experiments import runs
@@ -12,8 +13,17 @@ from fastkd.experiments.compare import run_compare
 from fastkd.train.config import TrainConfig
 
 
-def test_a_diverged_cell_is_recorded_and_the_comparison_goes_on(orl_data, teacher_weights, tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """Two tiny runs: one thread is as fast on the shared 2-core machine; the count is restored for later tests."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_diverged_cell_is_recorded_and_the_comparison_goes_on(orl_data, teacher_weights, tmp_path, monkeypatch,
+                                                                 one_thread):
     out = tmp_path / "cmp"
     # kd's term x 1e30: finite in the first step, its gradient makes the weights infinite, the next loss is nan
     base = TrainConfig(data=orl_data, out="", student="shufflenet_v2_x0_5", teacher="resnet32", teacher_weights=teacher_weights, epochs=1, batch_size=64, lr=0.05,
