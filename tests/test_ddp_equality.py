@@ -28,7 +28,7 @@ from fastkd.train import checkpoint
 from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import train
 
-from torchrun_tools import torchrun
+from torchrun_tools import torchrun, torchrun_each
 
 # method: (loss tolerance, relative to max(1, |loss|); weight and buffer tolerance, relative to max(1, max|tensor|))
 TOLERANCE = {"ce": (2e-3, 0.04), "kd+at": (1e-2, 0.1), "crd": (1e-2, 0.1)}
@@ -64,15 +64,30 @@ def _metrics(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 
 
-@pytest.mark.parametrize("method", list(TOLERANCE))
-def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher, tmp_path, method):
-    cfg = dict(ARGS, data=orl_data, method=method)
+def _method_cfg(data, teacher, method: str) -> dict:
+    cfg = dict(ARGS, data=data, method=method)
     if method != "ce":
         cfg.update(teacher="resnet32", teacher_weights=teacher)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def two_ranks(orl_data, teacher, tmp_path_factory):
+    """The 2-rank run of every method in TOLERANCE, one after another in one torchrun launch (its start paid once):
+    {method: (run folder, the command's result)}."""
+    root = tmp_path_factory.mktemp("two_ranks")
+    runs = {method: ["train", *_cli_args(_method_cfg(orl_data, teacher, method), root / method, 32)]
+            for method in TOLERANCE}
+    results = torchrun_each(2, runs, root / "logs")
+    return {method: (root / method, results[method]) for method in TOLERANCE}
+
+
+@pytest.mark.parametrize("method", list(TOLERANCE))
+def test_two_ranks_train_as_one_process_with_the_global_batch(orl_data, teacher, two_ranks, tmp_path, method):
+    cfg = _method_cfg(orl_data, teacher, method)
     one = tmp_path / "one"
     train(TrainConfig(out=str(one), batch_size=64, **cfg))
-    two = tmp_path / "two"
-    result = torchrun(2, "-m", "fastkd", "train", *_cli_args(cfg, two, 32))
+    two, result = two_ranks[method]
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count('"student"') == 1  # rank 0 alone reports
     loss_tol, weight_tol = TOLERANCE[method]
@@ -119,7 +134,10 @@ def test_elastic_restart_resumes_from_the_last_checkpoint(orl_data, tmp_path):
         "from fastkd.cli import main\n"
         "main(sys.argv[1:])\n")
     cfg = dict(ARGS, data=orl_data, sync_bn=False)
-    result = torchrun(1, str(crash), "train", *_cli_args(cfg, out, 64), extra=["--max-restarts", "1"])
+    # the worker sums floats with this process's thread count (else OMP_NUM_THREADS or torchrun's default decide),
+    # so that the straight run below can be equal to it bit for bit
+    result = torchrun(1, str(crash), "train", *_cli_args(cfg, out, 64), extra=["--max-restarts", "1"],
+                      env={"OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torchrun restart 1: resuming from" in result.stderr
     assert [r["epoch"] for r in _metrics(out)] == [1, 2]

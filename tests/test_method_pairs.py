@@ -9,6 +9,10 @@ Each pair runs at one of the two resolutions (a chequerboard: every model runs a
 own preparation (``prepare_methods``: pair-dependent taps, tap check,
 hooks, adapters from a dry forward) runs for all methods at once; one training step's summed loss
 must be finite, reach the student and every method's adapters, and leave the teacher without grad.
+The first stages that train teacher-side modules alone on the teacher's signals (FT's and KTA's paraphrasers,
+SSKD's teacher head: run_tools.TEACHER_SIDE_FIRST_STAGE) are the same computation for every student of a teacher
+and input: each runs in the first of the teacher's pairs that gives it its teacher signals (the last tap both
+models have: stage3 or stage4), not again for the next students.
 """
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ STUDENTS = _students()
 # of the suite); test_zoo_models runs every method from other families' teachers
 TEACHERS = [m for m in list_models() if m not in ("ResNet101", "ResNet152")]
 RES = {True: 32, False: 72}  # 72 > 64: the high-resolution stems and strides
+# two images, the fewest with which BatchNorm trains on 1x1 maps and the relational methods have a pair of samples:
+# the networks' and the adapters' convolutions (2048-channel maps) cost in proportion to the batch. Batches of 4
+# (a triplet and more for RKD's angles, SP, CC...) run every method on the zoo pairs (test_zoo_models).
+BATCH = 2
 _CACHE = {}
 
 
@@ -54,7 +62,9 @@ def test_all_methods_for_all_students(teacher_name, low_res):
     """Each (teacher, student) pair at one resolution, low and high alternating like a chequerboard over the
     teachers and students, so every model runs at both and the suite pays for each pair once."""
     teacher = _model(teacher_name, low_res, teacher=True)
-    x = torch.randn(4, 3, RES[low_res], RES[low_res])
+    x = torch.randn(BATCH, 3, RES[low_res], RES[low_res])
     first = TEACHERS.index(teacher_name) + (0 if low_res else 1)
+    first_stages_run = set()  # FT's, KTA's and SSKD's teacher-side first stages, once per teacher signal shape
     for student_name in STUDENTS[first % 2::2]:
-        step_every_method(teacher, _model(student_name, low_res, teacher=False), x, f"{teacher_name} -> {student_name}")
+        step_every_method(teacher, _model(student_name, low_res, teacher=False), x, f"{teacher_name} -> {student_name}",
+                          first_stages_run)

@@ -12,7 +12,9 @@ from fastkd.train.config import TrainConfig
 from fastkd.train.trainer import Trainer, train
 from run_tools import fastkd_cli as _fastkd
 
-FAST = dict(student="shufflenet_v2_x0_5", batch_size=64, lr=0.05, res=32, workers=0, progress=False, device="cpu",
+# 16 px: what these tests assert (which weights move in which stage, exact resumption, rows per step, the refusals)
+# does not depend on the pixel count; a quarter of the pixels of 32
+FAST = dict(student="shufflenet_v2_x0_5", batch_size=64, lr=0.05, res=16, workers=0, progress=False, device="cpu",
             teacher="resnet32")
 
 
@@ -122,13 +124,13 @@ def test_methods_the_cache_cannot_serve_run_the_teacher_online(orl_data, teacher
     cache = tmp_path / "cache"
     code, err = _fastkd("train", "--data", orl_data, "--out", str(tmp_path / "mlkd"), "--model", "shufflenet_v2_x0_5",
                         "--teacher", "resnet32", "--teacher-weights", teacher, "--method", "mlkd", "--teacher-cache",
-                        str(cache), "--epochs", "1", "--res", "32", "--batch-size", "64", "--workers", "0", "--device",
+                        str(cache), "--epochs", "1", "--res", "16", "--batch-size", "64", "--workers", "0", "--device",
                         "cpu", "--quiet")
     assert code == 0, err
     assert "--teacher-cache" in err and "method mlkd runs the teacher on copies of the batch" in err and "online" in err
     assert not cache.exists()  # nothing written there
     code, err = _fastkd("cache", "build", "--data", orl_data, "--out", str(tmp_path / "c2"), "--teacher", "resnet32",
-                        "--teacher-weights", teacher, "--method", "sskd", "--epochs", "1", "--res", "32", "--quiet")
+                        "--teacher-weights", teacher, "--method", "sskd", "--epochs", "1", "--res", "16", "--quiet")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "sskd cannot be served by a teacher cache" in lines[0], err
     assert not (tmp_path / "c2").exists()
@@ -137,6 +139,6 @@ def test_methods_the_cache_cannot_serve_run_the_teacher_online(orl_data, teacher
 def test_two_methods_that_expand_the_batch_are_refused_in_one_line(orl_data, teacher, tmp_path):
     code, err = _fastkd("train", "--data", orl_data, "--out", str(tmp_path / "two"), "--model", "shufflenet_v2_x0_5",
                         "--teacher", "resnet32", "--teacher-weights", teacher, "--method", "sskd+mlkd", "--epochs", "1",
-                        "--res", "32", "--workers", "0", "--device", "cpu", "--quiet")
+                        "--res", "16", "--workers", "0", "--device", "cpu", "--quiet")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "combine at most one of them" in lines[0], err
