@@ -61,7 +61,8 @@ class HeldPhotos:
         """Fills the buffer (``workers`` processes); ``fail(i, reason)`` -> the exception to raise."""
         self.flat = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
         loader = torch.utils.data.DataLoader(_Whole(self.reader, self.short), batch_size=DECODE_CHUNK,
-                                             num_workers=workers, collate_fn=list)
+                                             num_workers=workers, collate_fn=list,
+                                             generator=torch.Generator())  # no draw from the global RNG
         i = 0
         for chunk in worker_batches(loader):  # in order
             for image, error in chunk:

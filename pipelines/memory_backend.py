@@ -227,7 +227,8 @@ class MemoryBackend(Backend):
 
         side = out.shape[1]
         loader = torch.utils.data.DataLoader(Samples(reader, side), batch_size=DECODE_CHUNK, shuffle=False,
-                                             num_workers=workers, collate_fn=collate)
+                                             num_workers=workers, collate_fn=collate,
+                                             generator=torch.Generator())  # no draw from the global RNG
         done, cuda = 0, out.device.type == "cuda"
         for images, start, bad in worker_batches(loader):  # in order: chunk k holds samples [k * CHUNK, (k + 1) * CHUNK)
             if bad is not None:

@@ -59,7 +59,7 @@ def stopped_and_resumed(orl_data, tmp_path_factory):
             raise KeyboardInterrupt
     mp.setattr(Trainer, "_write_metrics", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
-        run_grid(_spec(orl_data, out), progress=False)
+        run_grid(_spec(orl_data, out), progress=False, one_pass=False)  # cell by cell (one pass: test below)
     mp.undo()
     stopped = os.path.join(str(out), "resnet32", "kd", "seed0")
     assert writes[-1] == stopped and not os.path.exists(os.path.join(stopped, "summary.json"))
@@ -72,14 +72,14 @@ def stopped_and_resumed(orl_data, tmp_path_factory):
         calls.append((os.path.relpath(cfg.out, str(out)), resume))
         return real_train(cfg, resume=resume)
     mp.setattr(runs, "train", record)
-    run_grid(_spec(orl_data, out), progress=False)
+    run_grid(_spec(orl_data, out), progress=False, one_pass=False)
     mp.undo()
     return out, first_row, calls
 
 
 def test_stopped_grid_resumes_the_stopped_cell_and_skips_finished_ones(stopped_and_resumed, orl_data, tmp_path):
     out, first_row, calls = stopped_and_resumed
-    cells = [f"{t}/{m}/seed{s}" for t in TEACHERS for m in METHODS for s in SEEDS]
+    cells = [f"{t}/{m}/seed{s}" for t in TEACHERS for s in SEEDS for m in METHODS]  # row by row: (teacher, seed)
     assert calls == [(c, c == "resnet32/kd/seed0") for c in cells]  # nothing finished was trained again
     stopped = os.path.join(str(out), "resnet32", "kd", "seed0")
     rows = open(os.path.join(stopped, "metrics.jsonl")).read().splitlines()
@@ -91,6 +91,22 @@ def test_stopped_grid_resumes_the_stopped_cell_and_skips_finished_ones(stopped_a
 
     straight = train(TrainConfig(**{**cfg, "out": str(tmp_path / "straight"), "progress": False}))
     assert straight["top1"] == json.load(open(os.path.join(stopped, "summary.json")))["top1"]
+
+
+def test_one_pass_rows_end_with_the_weights_of_the_cells_trained_one_by_one(stopped_and_resumed, orl_data, tmp_path,
+                                                                           capsys):
+    """The first teacher's method cells again, from its weights, in one pass per (teacher, seed) row: each cell's
+    weights equal those of the grid above, which trained them one after another (one of them stopped and resumed)."""
+    out, _, _ = stopped_and_resumed
+    teacher = str(out / "teachers" / "resnet32" / "checkpoint.pt")
+    again = tmp_path / "g"
+    run_grid(_spec(orl_data, again, teachers=TEACHERS[:1], teacher_weights={"resnet32": teacher}), progress=False)
+    assert capsys.readouterr().err.count("one pass over the data for 3 cells") == len(SEEDS)
+    for m in METHODS:
+        for s in SEEDS:
+            a, b = (torch.load(root / "resnet32" / m / f"seed{s}" / "checkpoint.pt") for root in (out, again))
+            assert a["model"].keys() == b["model"].keys()
+            assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), (m, s)
 
 
 def test_grid_table_has_every_cell_once_with_plots(stopped_and_resumed):

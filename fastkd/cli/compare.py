@@ -10,7 +10,7 @@ from . import cli
 COMPARE_OPT = {"help": "A method's option for every cell that uses the method (repeatable), e.g. "
                        "--opt sskd.ss_epochs=5 (recorded in compare.json)."}
 from .config_options import CELLS_TENSORBOARD, config_options, parse_method_options
-from .options import backend_option
+from .options import backend_option, one_pass_option
 
 
 @cli.command()
@@ -29,9 +29,10 @@ from .options import backend_option
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
+@one_pass_option()
 @config_options(["method_options", "tensorboard"], {"tensorboard": CELLS_TENSORBOARD, "method_options": COMPARE_OPT})
 def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs, batch_size, lr, res, backend,
-            workers, device, quiet, tensorboard, method_options):
+            workers, device, quiet, one_pass, tensorboard, method_options):
     """Distil one student with several methods over several seeds; print mean and spread of top-1."""
     from fastkd.experiments.compare import run_compare
     from fastkd.methods import METHODS, check_chosen_options, parse_methods
@@ -51,4 +52,4 @@ def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs
     base = TrainConfig(data=data, out="", student=student, teacher=teacher, teacher_weights=teacher_weights,
                        epochs=epochs, batch_size=batch_size, lr=lr, res=res, backend=backend, workers=workers,
                        device=device, progress=not quiet, tensorboard=tensorboard, method_options=options)
-    run_compare(base, names, seed_list, out)
+    run_compare(base, names, seed_list, out, one_pass=one_pass)

@@ -7,7 +7,7 @@ from fastkd.errors import UserError
 
 from . import cli
 from .config_options import CELLS_TENSORBOARD, config_options, config_values
-from .options import memory_limit_option
+from .options import memory_limit_option, one_pass_option
 
 # the TrainConfig options a grid sets for every run (TrainConfig's declaration; a recipe fills the rest)
 GRID_FIELDS = ("epochs", "batch_size", "lr", "res", "views_per_image", "backend", "workers", "device", "progress",
@@ -53,9 +53,10 @@ def _weights(items):
               "#SBATCH --gpus (a count or TYPE:COUNT; 0: none).")
 @click.option("--status", "status_dir", default=None, metavar="OUT", help="Print where the grid in OUT stands "
               "(cells done, running where, waiting; time left) and exit.")
+@one_pass_option()
 @click.pass_context
 def grid(ctx, data, out, recipe, teachers, student, methods, seeds, teacher_weights, teacher_epochs, student_lr,
-         plan_dir, job, gpus_per_job, status_dir, **kw):
+         plan_dir, job, gpus_per_job, status_dir, one_pass, **kw):
     """Teachers x methods x seeds: train or load each teacher once, the student baseline, every cell;
     skips finished cells, resumes a stopped one; writes the table (Markdown, CSV) and plots."""
     from fastkd.experiments.grid import GridSpec, run_grid
@@ -96,7 +97,7 @@ def grid(ctx, data, out, recipe, teachers, student, methods, seeds, teacher_weig
     open_converted(data)
     if plan_dir is not None or job is not None:
         return run_jobs_mode(spec, ctx, plan_dir, job, gpus_per_job, progress)
-    run_grid(spec, progress=progress)
+    run_grid(spec, progress=progress, one_pass=one_pass)
 
 
 @cli.command()

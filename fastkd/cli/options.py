@@ -52,3 +52,12 @@ def memory_limit_option():
                         callback=_apply_memory_limit,
                         help="Most memory the memory backend may hold the decoded split in, e.g. 12G (default: 8 GiB "
                              "on a GPU, 80% of the available RAM on a CPU; or FASTKD_MEMORY_LIMIT).")
+
+
+def one_pass_option():
+    """``--one-pass/--no-one-pass`` of the multi-run commands (grid, compare)."""
+    return click.option("--one-pass/--no-one-pass", default=True, show_default=True,
+                        help="Train the cells that see the same batches (grid: one teacher and seed; compare: one seed) "
+                             "in one pass over the data: one decode and one teacher read per batch for all of them, "
+                             "when their state fits in memory; --no-one-pass trains them one after another. Each cell "
+                             "ends with the same weights either way.")

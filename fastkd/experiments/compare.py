@@ -12,16 +12,18 @@ from typing import Sequence
 
 from fastkd.methods import METHODS
 from fastkd.tables import format_table
-from fastkd.experiments.runs import cell_tensorboard, run_or_reuse, write_results
+from fastkd.experiments.runs import cell_tensorboard, run_cells, write_results
 from fastkd.train.config import TrainConfig
 from fastkd.train.tensorboard_log import require as require_tensorboard
 
 HEADERS = ["method", "top-1 mean %", "top-1 std", "seeds", "per-seed top-1 %", "train s (mean)"]
 
 
-def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str) -> dict:
+def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str,
+                one_pass: bool = True) -> dict:
+    """Every (method, seed) cell; with ``one_pass`` the cells of one seed train in one pass over the data."""
     require_tensorboard(base.tensorboard)  # before the first cell
-    cells = {}
+    keys, cfgs = [], []
     for method in methods:
         for seed in seeds:
             uses_teacher = method != "ce"
@@ -31,8 +33,10 @@ def run_compare(base: TrainConfig, methods: Sequence[str], seeds: Sequence[int],
                           method_options=options,
                           teacher=base.teacher if uses_teacher else None,
                           teacher_weights=base.teacher_weights if uses_teacher else None)
-            cfg = cell_tensorboard(cfg, out, base.tensorboard)  # <tensorboard>/<method>/seed<k>
-            cells[(method, seed)] = run_or_reuse(cfg, f"{method}, seed {seed}", "compare", keep_diverged=True)
+            keys.append((method, seed))
+            cfgs.append(cell_tensorboard(cfg, out, base.tensorboard))  # <tensorboard>/<method>/seed<k>
+    summaries = run_cells(cfgs, [f"{m}, seed {s}" for m, s in keys], "compare", keep_diverged=True, one_pass=one_pass)
+    cells = dict(zip(keys, summaries))
     rows = [_row(method, [cells[(method, s)] for s in seeds]) for method in methods]
     result = {"student": base.student, "teacher_weights": base.teacher_weights, "data": base.data,
               "seeds": list(seeds), "epochs": base.epochs, "res": base.res, "method_options": base.method_options,

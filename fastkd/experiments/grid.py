@@ -25,7 +25,7 @@ from fastkd.log import log
 from fastkd.atomic import atomic_write_json
 from fastkd.errors import UserError
 from fastkd.experiments.report import SPEC_FILE, write_report
-from fastkd.experiments.runs import cell_tensorboard, run_or_reuse
+from fastkd.experiments.runs import cell_tensorboard, run_cells, run_or_reuse
 from fastkd.train.config import TrainConfig
 from fastkd.train.tensorboard_log import require as require_tensorboard
 
@@ -148,27 +148,38 @@ class Progress:
         log(f"[grid] {self.done}/{self.total} cells done ({cell.label}: {took}){rate}{eta}")
 
 
-def run_grid(spec: GridSpec, progress: bool = True) -> dict:
-    """Train (or reuse) every cell of ``spec``, then write the table and plots; returns the report."""
+def run_grid(spec: GridSpec, progress: bool = True, one_pass: bool = True) -> dict:
+    """Train (or reuse) every cell of ``spec``, then write the table and plots; returns the report. With
+    ``one_pass`` the method cells of one (teacher, seed) train in one pass over the data
+    (:func:`fastkd.experiments.runs.run_cells`)."""
     spec = spec.check()
     os.makedirs(spec.out, exist_ok=True)
     _save_spec(spec)
     cells, weights = plan(spec), dict(spec.teacher_weights)
-    bar, filled = Progress(len(cells)), set()
+    bar, rows = Progress(len(cells)), {}
     for cell in cells:
-        done = os.path.isfile(os.path.join(cell.out, "summary.json"))
-        start = time.time()
-        if cell.row == "teacher" and cell.teacher in spec.teacher_weights:
-            _evaluate_teacher(spec, cell, spec.teacher_weights[cell.teacher])
+        if cell.row in ("teacher", "student"):
+            done, start = os.path.isfile(os.path.join(cell.out, "summary.json")), time.time()
+            if cell.row == "teacher" and cell.teacher in spec.teacher_weights:
+                _evaluate_teacher(spec, cell, spec.teacher_weights[cell.teacher])
+            else:
+                summary = run_or_reuse(replace(_cell_config(spec, cell, weights.get(cell.teacher)), progress=progress),
+                                       cell.label, "grid")
+                if cell.row == "teacher":
+                    weights[cell.teacher] = summary["checkpoint"]
+            bar.finished(cell, None if done else time.time() - start)
         else:
-            cfg = replace(_cell_config(spec, cell, weights.get(cell.teacher)), progress=progress)
-            if cell.row not in ("teacher", "student") and not done and (cell.teacher, cell.seed) not in filled:
-                filled.add((cell.teacher, cell.seed))
-                _fill_teacher_cache(spec, cfg)
-            summary = run_or_reuse(cfg, cell.label, "grid")
-            if cell.row == "teacher":
-                weights[cell.teacher] = summary["checkpoint"]
-        bar.finished(cell, None if done else time.time() - start)
+            rows.setdefault((cell.teacher, cell.seed), []).append(cell)
+    for row in rows.values():  # the method cells of one teacher and seed: one cache, one pass over the data
+        cfgs = [replace(_cell_config(spec, cell, weights.get(cell.teacher)), progress=progress) for cell in row]
+        done = [os.path.isfile(os.path.join(cell.out, "summary.json")) for cell in row]
+        start = time.time()
+        if not all(done):
+            _fill_teacher_cache(spec, cfgs[0])
+        run_cells(cfgs, [cell.label for cell in row], "grid", one_pass=one_pass)
+        trained = sum(not d for d in done)
+        for cell, d in zip(row, done):
+            bar.finished(cell, None if d else (time.time() - start) / trained)
     return write_report(spec.out)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
-from typing import Optional
+from typing import Dict, List, Optional
 
 from fastkd.log import log
 from fastkd.atomic import atomic_write_json, atomic_write_text
@@ -38,12 +38,77 @@ def run_or_reuse(cfg: TrainConfig, label: str, tag: str, keep_diverged: bool = F
     except Diverged as exc:
         if not keep_diverged:
             raise
-        record = {"method": cfg.method, "seed": cfg.seed, "top1": None, "train_seconds": None,
-                  "diverged": {"epoch": exc.epoch, "batch": exc.batch, "message": str(exc)}}
+        return _record_diverged(cfg, label, tag, exc)
+
+
+def _record_diverged(cfg: TrainConfig, label: str, tag: str, exc: Diverged) -> dict:
+    stopped = os.path.join(cfg.out, DIVERGED)
+    record = {"method": cfg.method, "seed": cfg.seed, "top1": None, "train_seconds": None,
+              "diverged": {"epoch": exc.epoch, "batch": exc.batch, "message": str(exc)}}
+    if distributed.is_main_process():
+        atomic_write_json(stopped, record)
+    log(f"[{tag}] {label}: diverged ({exc}); recorded in {stopped}, going on")
+    return record
+
+
+def run_cells(cfgs: List[TrainConfig], labels: List[str], tag: str, keep_diverged: bool = False,
+              one_pass: bool = True) -> List[dict]:
+    """:func:`run_or_reuse` for each cell; with ``one_pass``, the cells left to train that see the same batches
+    (:func:`fastkd.train.one_pass.row_key`) train together in one pass over the data, unless their state would not
+    fit in memory (one line says so, and they train one after another)."""
+    from fastkd.train.one_pass import can_share, row_key
+
+    results: List[Optional[dict]] = [None] * len(cfgs)
+    rows: Dict[str, List[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        finished = os.path.isfile(os.path.join(cfg.out, "summary.json")) or (
+            keep_diverged and os.path.isfile(os.path.join(cfg.out, DIVERGED)))
+        if one_pass and not finished and can_share(cfg):
+            rows.setdefault(row_key(cfg), []).append(i)
+    for members in rows.values():
+        if len(members) > 1:
+            got = _one_pass([cfgs[i] for i in members], [labels[i] for i in members], tag, keep_diverged)
+            for i, summary in zip(members, got or ()):
+                results[i] = summary
+    return [r if r is not None else run_or_reuse(cfg, label, tag, keep_diverged)
+            for r, cfg, label in zip(results, cfgs, labels)]
+
+
+def _one_pass(cfgs: List[TrainConfig], labels: List[str], tag: str, keep_diverged: bool) -> Optional[List[dict]]:
+    """Train ``cfgs`` as one row (:mod:`fastkd.train.one_pass`): each cell's folder prepared and locked as
+    :func:`_run_or_read` does, a stopped cell resumed from its checkpoint. None when the row does not fit."""
+    import contextlib
+
+    from fastkd.malloc import keep_freed_memory
+    from fastkd.ownership import claim_run
+    from fastkd.train.one_pass import open_row
+
+    keep_freed_memory()
+    distributed.init(cfgs[0].device)
+    resumes = [os.path.isfile(os.path.join(cfg.out, CHECKPOINT)) for cfg in cfgs]
+    diverged = {}
+
+    def on_diverged(cfg, exc):
+        diverged[cfg.out] = _record_diverged(cfg, labels[cfgs.index(cfg)], tag, exc)
+
+    with contextlib.ExitStack() as held:
+        for cfg, resume, label in zip(cfgs, resumes, labels):
+            held.enter_context(run_lock(cfg.out))
+            if distributed.is_main_process() and not resume:
+                prepare_owned(cfg.out, CELL, legacy=lambda folder, names: only_run_files(names))
+            held.enter_context(claim_run(cfg.out, resume))
+        distributed.barrier()
+        row = open_row(cfgs, resumes, labels, on_diverged if keep_diverged else None)
+        if row is None:
+            return None
         if distributed.is_main_process():
-            atomic_write_json(stopped, record)
-        log(f"[{tag}] {label}: diverged ({exc}); recorded in {stopped}, going on")
-        return record
+            log(f"[{tag}] one pass over the data for {len(cfgs)} cells: " + "; ".join(
+                f"{label}{' (resumed)' if resume else ''}" for label, resume in zip(labels, resumes)))
+        try:
+            summaries = row.fit()
+        finally:
+            row.close()
+    return [s if s is not None else diverged[cfg.out] for s, cfg in zip(summaries, cfgs)]
 
 
 def _run_or_read(cfg: TrainConfig, label: str, tag: str) -> dict:

@@ -69,14 +69,24 @@ def eval_split_of(cfg: TrainConfig, data: ConvertedData) -> str:
     return cfg.eval_split or ("test" if "test" in data.splits() else "val")
 
 
-def build_run(cfg: TrainConfig, purpose: str = "train") -> Run:
+def build_run(cfg: TrainConfig, purpose: str = "train", shared: Optional[Run] = None) -> Run:
     """Build the parts of run ``cfg`` that ``purpose`` (one of :data:`PURPOSES`) needs; see :class:`Run`.
-    Under torchrun every rank calls it (the process group is set up here)."""
+    Under torchrun every rank calls it (the process group is set up here). ``shared``: a training run whose
+    data and loaders this one uses instead of opening its own (a one-pass row: the caller checked that the two
+    configurations make the same loaders); the loaders draw nothing from the global RNG, so the student and
+    the adapters start from the same numbers either way."""
     if purpose not in PURPOSES:
         raise ValueError(f"purpose {purpose!r} is not one of {PURPOSES}")
     dist = distributed.init(cfg.device)
     device = distributed.resolve_device(cfg.device, dist)
     checkpoint.seed_everything(cfg.seed)
+    if shared is not None:
+        if purpose != "train" or shared.purpose != "train":
+            raise ValueError("only training runs share their loaders")
+        run = Run(cfg, purpose, dist, device, shared.data, shared.eval_split, shared.train_loader, shared.eval_loader)
+        run.methods = parse_methods(cfg.method, cfg.method_options)
+        _build_training_side(run)
+        return run
     data = open_converted(cfg.data)
     run = Run(cfg, purpose, dist, device, data, eval_split_of(cfg, data))
     common = dict(backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res, seed=cfg.seed, workers=cfg.workers,

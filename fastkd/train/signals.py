@@ -15,7 +15,7 @@ class SignalModel:
     """Wraps a model (possibly DDP-wrapped) with hooks on just the taps some method needs."""
 
     def __init__(self, model: nn.Module, needs: Iterable[str]):
-        self.model = model
+        self.model, self.needs = model, set(needs) | {"logits"}
         taps = sorted(set(needs) - {"logits"})
         self.taps: Optional[FeatureTaps] = FeatureTaps(model, taps) if taps else None
 

@@ -17,14 +17,13 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from fastkd import __version__
 from fastkd.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, remove_stale_temps
 from fastkd.errors import Diverged, UserError
 from fastkd.log import log
@@ -33,6 +32,7 @@ from fastkd.ownership import claims_run_folder
 
 from . import checkpoint, distributed, tricks
 from .build import build_run
+from .trainer_state import CheckpointState
 from .config import TrainConfig
 from .evaluate import evaluate
 from .interrupt import StopSignals, resume_command
@@ -40,20 +40,21 @@ from .meters import EpochMeters
 from .schedule import apply_lr, lr_at
 from .signals import expanded_batch, method_terms
 from .tensorboard_log import ScalarLog, require as require_tensorboard
-from .weights_files import safetensors_bytes
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 LOGS_PER_EPOCH, LOG_MAX_STEPS = 4, 50  # metric reads (host syncs): a few per epoch, at least every 50 steps
 
 
-class Trainer:
+class Trainer(CheckpointState):
     """The training loop over the parts :func:`~fastkd.train.build.build_run` made from ``cfg``."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: bool = False, shared=None):
+        """``shared``: another Trainer's :class:`~fastkd.train.build.Run` whose data and loaders this one uses
+        (a one-pass row, :mod:`fastkd.train.one_pass`)."""
         self.cfg = cfg
         require_tensorboard(cfg.tensorboard)  # its optional package, before any data is opened
-        self.run = run = build_run(cfg, "train")
+        self.run = run = build_run(cfg, "train", shared=shared)
         self.dist, self.device, self.data, self.eval_split = run.dist, run.device, run.data, run.eval_split
         self.train_loader, self.eval_loader = run.train_loader, run.eval_loader
         self.methods, self.student, self.teacher = run.methods, run.student, run.teacher
@@ -90,78 +91,6 @@ class Trainer:
             raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
         # rank 0: the metrics.jsonl rows as TensorBoard scalars too (at once those of a resumed run that it lacks)
         self.tensorboard = ScalarLog(cfg.tensorboard, self.history) if cfg.tensorboard and self.dist.main else None
-
-    # ---- checkpoints -------------------------------------------------------------------------
-    def _state(self, epoch: int, batch: int, meters: Optional[dict] = None) -> dict:
-        """Everything a resume needs; ``batch`` batches of ``epoch`` are done by each of the ``world`` ranks
-        (all of them at its end), ``samples`` samples of the epoch's global order; ``meters``: the epoch's
-        metrics so far summed over the ranks (None at its end)."""
-        return {
-            "kind": checkpoint.KIND, "fastkd_version": __version__, "epoch": epoch, "batch": batch,
-            "world": self.dist.world, "samples": batch * self.cfg.batch_size * self.dist.world,
-            "meters": meters,
-            "model_name": self.student.fastkd_name, "num_classes": self.data.num_classes,
-            "dataset": self.data.manifest["dataset"],
-            "low_res": self.train_loader.low_res, "res": self.train_loader.res,
-            "mean": self.data.mean, "std": self.data.std, "classes": self.data.classes,
-            "model": self.student.state_dict(), "methods": [m.state_dict() for m in self.methods],
-            "optimizer": self.optimizer.state_dict(), "rng": checkpoint.rng_state(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "config": self.cfg.to_dict(), "history": self.history,
-        }
-
-    def _weights_file(self, state: dict) -> bytes:
-        """model.safetensors: the student's tensors; the metadata name its architecture, classes, stem and input."""
-        meta = {k: state[k] for k in ("num_classes", "res", "low_res", "mean", "std")}
-        meta["fastkd_model"] = state["model_name"]
-        return safetensors_bytes(state["model"], meta)
-
-    def _resume(self) -> None:
-        state = checkpoint.load(self.ckpt_path)
-        if state.get("kind") != checkpoint.KIND:
-            raise UserError(f"{self.ckpt_path} is not a fastkd checkpoint; use another --out")
-        for what, saved, now in (("model", state["model_name"], self.student.fastkd_name),
-                                 ("dataset", state.get("dataset"), self.data.manifest["dataset"]),
-                                 ("class count", state["num_classes"], self.data.num_classes)):
-            if saved != now:
-                raise UserError(f"--resume: {self.ckpt_path} is a run of {what} {saved}, not {now}; "
-                                "rerun with the original options or use another --out")
-        diff = self.cfg.differs_from(state["config"])
-        if diff:
-            raise UserError(f"--resume with options that differ from the saved run ({', '.join(diff)}); "
-                            "rerun with the original options or use another --out")
-        # an older checkpoint has no "world": written by one process (the case it was accepted wrongly in)
-        saved_world, mid_epoch = int(state.get("world", 1)), state["meters"] is not None
-        # the same checkpoint on every rank (a rank reading a stale copy stops the job)
-        distributed.agree_same([state["epoch"], state["batch"], saved_world], "checkpoints (epoch, batch, world size)",
-                               self.dist)
-        if mid_epoch and saved_world != self.dist.world:
-            # each rank's batch k is a block of global batch k: a position counted in one world size's batches
-            # is not a batch boundary of another's, and resuming it would skip or repeat samples
-            done = state.get("samples", state["batch"] * self.cfg.batch_size * saved_world)
-            raise UserError(f"--resume: {self.ckpt_path} was written within epoch {state['epoch'] + 1} ({done} samples "
-                            f"of its order done) by {_procs(saved_world)}, and this run has {_procs(self.dist.world)}; "
-                            f"resume with {_procs(saved_world)} (torchrun --nproc_per_node {saved_world}), or let "
-                            "that run reach the epoch's end, whose checkpoint any number of processes resumes")
-        self.student.load_state_dict(state["model"])
-        for m, sd in zip(self.methods, state["methods"]):
-            m.load_state_dict(sd)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])  # the loss scale and its growth counter
-        # rank 0's weights, adapters and optimiser state everywhere (the DDP wrapper broadcast the weights it
-        # was built with, before this load)
-        distributed.broadcast_state([self.student, *self.methods], self.optimizer)
-        checkpoint.set_rng_state(state["rng"])
-        self.history = list(state["history"])
-        if not mid_epoch:  # an epoch end
-            self.start_epoch = state["epoch"] + 1
-        else:  # within an epoch: continue at its next batch with its metrics so far (summed over the ranks:
-            # rank 0 carries them, the others start from zero, so the epoch's all_reduce counts them once)
-            self.start_epoch, self.start_batch = state["epoch"], state["batch"]
-            self.meters.load_state_dict(state["meters"], carry=self.dist.main)
-        if self.dist.main:
-            log(f"resuming {self.cfg.out} at epoch {self.start_epoch + 1}, batch {self.start_batch + 1}")
 
     # ---- training ----------------------------------------------------------------------------
     def _step(self, batch, epoch_pos: float) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
@@ -239,12 +168,8 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict:
         from tqdm import tqdm
 
-        self.student.train()
-        for m in self.methods:
-            m.set_epoch(epoch)
-        n_batches, first = len(self.train_loader), self.start_batch
+        n_batches, first = len(self.train_loader), self._start_epoch(epoch)
         every = min(LOG_MAX_STEPS, math.ceil(n_batches / LOGS_PER_EPOCH))
-        self._epoch_started, self.start_batch = time.time() - self.meters.seconds, 0
         bar = tqdm(total=n_batches, initial=first, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
                    leave=False, disable=not (self.cfg.progress and self.dist.main), file=sys.stderr, dynamic_ncols=True)
         for done, batch in enumerate(self.train_loader.epoch(epoch, first), first + 1):
@@ -257,7 +182,20 @@ class Trainer:
                 seen = self._poll(epoch, done, due)
                 bar.set_postfix(loss=f"{seen['train_loss']:.3f}")
         bar.close()
-        row = self.meters.reduce()  # summed over ranks: the epoch's one all_reduce
+        return self._epoch_row(epoch)
+
+    def _start_epoch(self, epoch: int) -> int:
+        """Train mode, the methods' stage for ``epoch``, the epoch's clock; returns its first batch (a resume's)."""
+        self.student.train()
+        for m in self.methods:
+            m.set_epoch(epoch)
+        first, self.start_batch = self.start_batch, 0
+        self._epoch_started = time.time() - self.meters.seconds
+        return first
+
+    def _epoch_row(self, epoch: int) -> dict:
+        """The epoch's metrics row (summed over the ranks: the epoch's one all_reduce); resets the meters."""
+        row = self.meters.reduce()
         seconds = time.time() - self._epoch_started
         row.update(train_seconds=seconds, train_images_per_s=row["seen"] / max(seconds, 1e-9),
                    lr=lr_at(self.sched, epoch + 1))
@@ -315,30 +253,41 @@ class Trainer:
         raise SystemExit(self.stop.exit_code if self.stop.signum else 143)
 
     def fit(self) -> dict:
-        cfg, started = self.cfg, time.time()
+        started = time.time()
+        self._open_out()
+        with self.stop:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                self._end_epoch(epoch, self._train_epoch(epoch))
+                if self.stop.signum and epoch + 1 < self.cfg.epochs:
+                    self._exit(epoch, len(self.train_loader))
+        return self.finish(time.time() - started)
+
+    def _open_out(self) -> None:
         if self.dist.main:
-            os.makedirs(cfg.out, exist_ok=True)
-            atomic_write_json(os.path.join(cfg.out, "config.json"), cfg.to_dict())
+            os.makedirs(self.cfg.out, exist_ok=True)
+            atomic_write_json(os.path.join(self.cfg.out, "config.json"), self.cfg.to_dict())
             remove_stale_temps(self.ckpt_path)  # a write cut short by a kill
             remove_stale_temps(self.weights_path)
         self._saved_at = time.time()
-        with self.stop:
-            for epoch in range(self.start_epoch, cfg.epochs):
-                row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-                if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
-                    row.update({f"{self.eval_split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
-                self.history.append(row)
-                self._save(epoch, len(self.train_loader))
-                if self.dist.main:
-                    self._write_metrics()
-                    if self.tensorboard is not None:
-                        self.tensorboard.write(self.history)  # after the checkpoint: no epoch twice on a resume
-                    acc = f" {self.eval_split} top1 {row[f'{self.eval_split}_top1']:.2f}" if f"{self.eval_split}_top1" in row else ""
-                    log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
-                         f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
-                if self.stop.signum and epoch + 1 < cfg.epochs:
-                    self._exit(epoch, len(self.train_loader))
-        summary = self._summary(time.time() - started)
+
+    def _end_epoch(self, epoch: int, row: dict) -> None:
+        """Evaluate when due, checkpoint, and write the epoch's metrics row (and TensorBoard's, and a log line)."""
+        cfg, split = self.cfg, self.eval_split
+        row = {"epoch": epoch + 1, **row}
+        if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
+            row.update({f"{split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
+        self.history.append(row)
+        self._save(epoch, len(self.train_loader))
+        if self.dist.main:
+            self._write_metrics()
+            if self.tensorboard is not None:
+                self.tensorboard.write(self.history)  # after the checkpoint: no epoch twice on a resume
+            acc = f" {split} top1 {row[f'{split}_top1']:.2f}" if f"{split}_top1" in row else ""
+            log(f"[{cfg.student}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
+                f"train top1 {row['train_top1']:.2f}{acc} ({row['train_images_per_s']:.0f} img/s)")
+
+    def finish(self, wall: float) -> dict:
+        summary = self._summary(wall)
         distributed.barrier()  # summary.json is written when any rank returns
         return summary
 
@@ -370,10 +319,6 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.close()
         self.run.close()
-
-
-def _procs(n: int) -> str:
-    return "1 process" if n == 1 else f"{n} processes"
 
 
 @claims_run_folder  # rank 0 locks --out for the run; another run's files need --resume
