@@ -22,6 +22,7 @@ def test_gpu_check_cpu_part(tmp_path):
         assert sum(line.startswith(path) and line.endswith("ok") for line in out.splitlines()) == 2, out  # train, eval
     assert "decode-only (PIL, full)" in out and "training (shufflenet_v2_x0_5" in out and "img/s" in out
     assert (tmp_path / "gpu_check_loader.json").is_file()
+    assert "one pass (2 cells, cpu):" in out and (tmp_path / "gpu_check_one_pass.json").is_file()
     assert out.rstrip().endswith("gpu_check: all paths agree")
 
 

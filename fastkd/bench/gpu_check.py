@@ -4,7 +4,8 @@
 builds, on ``cuda``, the torch backend (batches decoded by nvJPEG, ``torchvision.io.decode_jpeg``, views cut
 on the device), DALI (``device="mixed"``), FFCV and the memory backend, and checks that every sample's
 view (train and eval) equals the CPU torch backend's (PIL) within a few grey levels; then prints
-``fastkd bench loader`` on the device and `fastkd train` images/s. ``--cpu`` runs the same code where no
+``fastkd bench loader`` on the device, `fastkd train` images/s, and a grid row of 4 cells in one pass vs one
+after another (``benchmarks/bench_one_pass.py``'s photo row). ``--cpu`` runs the same code where no
 GPU is: the torch backend's device path with torchvision's CPU decoder, DALI's CPU pipeline and the
 memory backend, on the CPU (what the tests run). Exit status 1 when a path disagrees.
 """
@@ -62,6 +63,19 @@ def compare(data: str, device: str, paths) -> bool:
     return ok
 
 
+def one_pass_row(data: str, device: str, cpu: bool, tmp: str, out: str) -> None:
+    """benchmarks/bench_one_pass.py's photo row: kd, at, rkd, pkt into shufflenet_v2_x0_5 at 112 px, one pass vs
+    one after another (target on a GPU: <= 0.5x); with --cpu two cells on a few batches."""
+    from fastkd.bench.one_pass import METHODS, random_teacher, run_set, save, table
+
+    teacher = random_teacher("ResNet18", 10, False, 112, os.path.join(tmp, "teacher-one-pass.pt"))
+    row = run_set("photos", data, "ResNet18", teacher, 112, tmp, methods=METHODS[:2] if cpu else METHODS,
+                  epochs=2 if cpu else 3, batch_size=8 if cpu else 256, workers=2 if cpu else 8, device=device)
+    print(table([row]))
+    print(f"one pass ({row['cells']} cells, {device}): {row['ratio']:.2f}x the cells one after another")
+    save(os.path.join(out, "gpu_check_one_pass.json"), [row], {"cpu": cpu}, device)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu", action="store_true", help="the same checks with the CPU equivalents (no GPU needed)")
@@ -97,6 +111,7 @@ def main(argv=None) -> int:
         summary = json.loads(result.stdout)
         print(f"training ({cmd[cmd.index('--model') + 1]}, torch backend, {device}): "
               f"{summary['train_images_per_s']:.0f} img/s")
+        one_pass_row(data, device, args.cpu, tmp, out)
     print("gpu_check: " + ("all paths agree" if ok else "SOME PATHS DISAGREE"))
     return 0 if ok else 1
 

@@ -1,0 +1,121 @@
+"""What one pass over the data saves a grid row: N method cells (default kd, at, rkd, pkt into shufflenet_v2_x0_5)
+trained one after another vs in one pass (``--one-pass``), both reading one teacher cache filled beforehand for all
+of them, in one run on one machine.
+
+Per set, in this order: the cache filled for the union of the methods (not timed); the cells one after another
+(``run_cells(..., one_pass=False)``); the same cells as one row; one pass of the training loader alone over the
+same epochs (decode and augmentation, nothing trained); the student alone (cross-entropy) on the memory backend,
+whose views are already decoded in memory. Training seconds are those of the epochs after the first (warm-up:
+worker start, first allocations), summed over the cells (a row's cell is charged its own steps and a share of
+the loader's and the cache's time, so the sum is the row's time).
+
+Reported: ``row / sequential`` (training seconds and whole-command wall, which adds model building, evaluation
+and checkpoints), and the per-cell cost ``(row - loader pass) / N`` against the student-alone epoch.
+Targets (issue 24): row <= 0.85x sequential at 112 px on the 2-core CPU, <= 0.5x on a GPU; per-cell cost within
+1.1x of the student alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import replace
+from typing import List, Optional
+
+import torch
+
+from fastkd.atomic import atomic_write_json
+from fastkd.tables import format_table
+
+from .machine import machine_info
+
+METHODS = ["kd", "at", "rkd", "pkt"]
+HEADERS = ["set", "res", "cells", "sequential s/epoch", "one-pass s/epoch", "row / seq", "wall row / seq",
+           "loader s/epoch", "per cell s/epoch", "student alone s/epoch", "per cell / alone"]
+
+
+def _epoch_seconds(out: str) -> List[float]:
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line)["train_seconds"] for line in f if line.strip()]
+
+
+def _after_warmup(outs: List[str]) -> float:
+    """Training seconds per epoch after the first, summed over the cells ``outs``."""
+    per_cell = [_epoch_seconds(o) for o in outs]
+    return sum(statistics.mean(s[1:] if len(s) > 1 else s) for s in per_cell)
+
+
+def _loader_pass(cfg) -> float:
+    """Seconds per epoch (after the first) of the run's training loader iterated alone."""
+    from fastkd.pipelines import Loader
+
+    loader = Loader(cfg.data, cfg.train_split, train=True, views=cfg.views, augment=cfg.augment_config(),
+                    views_per_image=cfg.views_per_image, backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res,
+                    seed=cfg.seed, workers=cfg.workers, device=torch.device(cfg.device), channels_last=cfg.channels_last)
+    seconds = []
+    for epoch in range(cfg.epochs):
+        started = time.time()
+        for batch in loader.epoch(epoch):
+            if batch.images.is_cuda:
+                torch.cuda.synchronize()
+        seconds.append(time.time() - started)
+    loader.__dict__.pop("backend", None)  # its workers end now
+    return statistics.mean(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, work: str, *,
+            student: str = "shufflenet_v2_x0_5", methods=METHODS, epochs: int = 3, batch_size: int = 64,
+            workers: int = 2, device: str = "cpu", backend: str = "torch") -> dict:
+    from fastkd.experiments.runs import run_cells
+    from fastkd.train.cache_fill import build_cache
+    from fastkd.train.config import TrainConfig
+    from fastkd.train.trainer import train
+
+    root = os.path.join(work, name)
+    cache = os.path.join(root, "cache")
+    base = TrainConfig(data=data, out="", student=student, teacher=teacher, teacher_weights=teacher_weights,
+                       epochs=epochs, batch_size=batch_size, lr=0.05, res=res, workers=workers, device=device,
+                       backend=backend, progress=False, eval_every=epochs, teacher_cache=cache)
+    build_cache(replace(base, method="+".join(methods)), batch_size=batch_size, progress=False)
+    walls, seconds = {}, {}
+    for mode in ("sequential", "one-pass"):
+        cfgs = [replace(base, method=m, out=os.path.join(root, mode, m)) for m in methods]
+        started = time.time()
+        run_cells(cfgs, methods, "bench", one_pass=mode == "one-pass")
+        walls[mode], seconds[mode] = time.time() - started, _after_warmup([c.out for c in cfgs])
+    loader = _loader_pass(base)
+    alone_dir = os.path.join(root, "student-alone")
+    train(replace(base, method="ce", teacher=None, teacher_weights=None, teacher_cache=None, backend="memory",
+                  out=alone_dir))
+    alone = _after_warmup([alone_dir])
+    per_cell = (seconds["one-pass"] - loader) / len(methods)
+    return {"set": name, "res": res, "cells": len(methods), "methods": list(methods), "student": student,
+            "teacher": teacher, "epochs": epochs, "batch_size": batch_size, "workers": workers, "backend": backend,
+            "sequential_s": seconds["sequential"], "one_pass_s": seconds["one-pass"],
+            "ratio": seconds["one-pass"] / seconds["sequential"],
+            "wall_sequential_s": walls["sequential"], "wall_one_pass_s": walls["one-pass"],
+            "wall_ratio": walls["one-pass"] / walls["sequential"], "loader_s": loader, "per_cell_s": per_cell,
+            "student_alone_s": alone, "per_cell_vs_alone": per_cell / alone}
+
+
+def random_teacher(name: str, classes: int, low_res: bool, res: int, path: str) -> str:
+    """A random-initialised teacher saved as a state dict (the cache is filled from it; its accuracy is moot)."""
+    from fastkd.models import create_model
+
+    torch.manual_seed(0)
+    torch.save(create_model(name, classes, low_res, res=res).state_dict(), path)
+    return path
+
+
+def table(rows) -> str:
+    return format_table(HEADERS, [[r["set"], r["res"], r["cells"], r["sequential_s"], r["one_pass_s"], r["ratio"],
+                                   r["wall_ratio"], r["loader_s"], r["per_cell_s"], r["student_alone_s"],
+                                   r["per_cell_vs_alone"]] for r in rows], markdown=True)
+
+
+def save(path: Optional[str], rows, settings: dict, device: str) -> None:
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_json(path, {"machine": machine_info(device), "settings": settings, "rows": rows, "table": table(rows)})
