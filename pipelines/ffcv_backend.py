@@ -86,13 +86,15 @@ class FFCVBackend(Backend):
         except PackageNotFoundError:
             ffcv = "?"
         rrc = self.cfg.policy is not None and self.cfg.policy.kind == "rrc"
-        return f"FFCV {ffcv} {'fastkd view decoder' if rrc else 'CenterCropRGBImageDecoder'} on cpu"
+        once = ", one decode per photo" if rrc and self.cfg.views_per_image > 1 else ""
+        return f"FFCV {ffcv} {'fastkd view decoder' if rrc else 'CenterCropRGBImageDecoder'} on cpu{once}"
 
     def _windows(self, batch_indices) -> np.ndarray:
         """Called from the compiled decoder once per batch: the decode windows of the epoch's views."""
         idx = np.asarray(batch_indices, dtype=np.int64)
         boxes = view_boxes(self.cfg, self.epoch, idx, self.table)
-        return window(boxes, stored_sizes(self.table, idx), self.cfg.policy.out, self.cfg.data.storage != "jpg")
+        return window(boxes, stored_sizes(self.table, idx), self.cfg.policy.out, self.cfg.data.storage != "jpg",
+                      self.cfg.views_per_image)
 
     def _failed(self, batch_indices, status) -> None:
         bad = int(np.asarray(batch_indices)[np.flatnonzero(np.asarray(status))[0]])

@@ -66,6 +66,54 @@ def test_the_torch_backend_decodes_each_photo_once_per_epoch(photos, make_loader
     assert photos_seen == 16 and len(calls) == photos_seen and len(set(calls)) == photos_seen
 
 
+def test_dali_is_fed_each_photo_once_for_its_k_views(photos, make_loader, monkeypatch):  # noqa: F811
+    pytest.importorskip("nvidia.dali")
+    from fastkd.pipelines import dali_backend
+
+    fed, real = [], dali_backend._Feeder.__call__
+
+    def counted(self, info):
+        out = real(self, info)
+        fed.append((len(out[0]), len(out) - 5))  # encoded photos; cut outputs (start, end, flip per view)
+        return out
+
+    monkeypatch.setattr(dali_backend._Feeder, "__call__", counted)
+    loader = make_loader(photos, "train", backend="dali", batch_size=8, res=96, seed=4, workers=1, views_per_image=K)
+    assert "one decode per photo" in loader.backend.decode_path
+    seen = sum(len(b.index) for b in loader.epoch(0))
+    assert seen == 16 * K and sum(n for n, _ in fed) == 16 and {c for _, c in fed} == {3 * K}
+
+
+def test_ffcv_decodes_one_window_per_photo_for_its_k_views():
+    """FFCV's decoder rows (ffcv_decoder.window): the K views of a photo share one MCU-aligned window covering all
+    their boxes, at the smallest of their DCT scales, decoded by the photo's first row; each view keeps its own box
+    in that window's pixels. One view per image keeps its own window (as before K existed)."""
+    from fastkd.pipelines.decode import dct_scale
+    from fastkd.pipelines.ffcv_decoder import MCU, window
+
+    rng = np.random.default_rng(0)
+    n, out = 3 * K, 64
+    sizes = np.repeat(rng.integers(300, 700, size=(n // K, 2)), K, 0)
+    side = rng.uniform(70, 280, size=n)
+    boxes = np.stack([rng.uniform(0, sizes[:, 0] - side), rng.uniform(0, sizes[:, 1] - side), side, side,
+                      rng.integers(0, 2, n)], 1)
+    rows = window(boxes, sizes, out, views_per_image=K)
+    for p in range(n // K):
+        mine, b = rows[p * K : (p + 1) * K], boxes[p * K : (p + 1) * K]
+        assert (mine[:, 10] == p * K).all() and mine[0, 11] == K  # decoded once, by the photo's first row
+        wx, wy, ww, wh, s = mine[0, :5]
+        assert (mine[:, :5] == mine[0, :5]).all() and s == dct_scale(b, out).min() > 0
+        assert wx % MCU == 0 and wy % MCU == 0 and wx <= b[:, 0].min() and wy <= b[:, 1].min()
+        assert wx + ww >= np.ceil(b[:, 0] + b[:, 2]).max() and wy + wh >= np.ceil(b[:, 1] + b[:, 3]).max()
+        # each view's box, in the window's pixels at scale 1/s
+        np.testing.assert_allclose(mine[:, 5], np.round((b[:, 1] - wy) / s))
+        np.testing.assert_allclose(mine[:, 7], np.round((b[:, 0] - wx) / s))
+        assert (mine[:, 9] == b[:, 4]).all()
+    one = window(boxes, sizes, out)
+    assert (one[:, 10] == np.arange(n)).all() and (one[:, 11] == 1).all()
+    assert (one[:, 4] == dct_scale(boxes, out)).all() and (one[:, 0] == np.floor(boxes[:, 0] / MCU) * MCU).all()
+
+
 @pytest.mark.parametrize("backend", ["torch", "memory", "dali", "ffcv"])
 def test_low_resolution_k_views_agree_across_backends(orl_data, make_loader, backend):
     """Pad-and-crop (32 px): K views of each base square; the memory backend's views are the torch backend's exactly
