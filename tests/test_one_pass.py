@@ -70,17 +70,17 @@ def alone(orl_data, teacher_weights, tmp_path_factory):
 def test_a_row_trains_each_cell_as_alone_in_one_pass(orl_data, teacher_weights, alone, tmp_path, monkeypatch,
                                                      capsys):
     cache, results = alone
-    passes = []
+    passes, evaluations = [], []
     real_epoch = Loader.epoch
 
     def counted(self, epoch, *args, **kwargs):
-        if self.train:
-            passes.append(epoch)
+        (passes if self.train else evaluations).append(epoch)
         return real_epoch(self, epoch, *args, **kwargs)
 
     monkeypatch.setattr(Loader, "epoch", counted)
     summaries = run_cells(_cfgs(orl_data, teacher_weights, cache, tmp_path), METHODS, "test")
     assert passes == [0, 1]  # one pass per epoch for the four cells
+    assert len(evaluations) == 2  # and one pass of the test split per epoch (--eval-every 1) for all four
     assert "one pass over the data for 4 cells" in capsys.readouterr().err
     for method, summary in zip(METHODS, summaries):
         assert summary["method"] == method and summary["teacher_source"] == "cached"

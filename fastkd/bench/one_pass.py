@@ -3,7 +3,7 @@ trained one after another vs in one pass (``--one-pass``), both reading one teac
 of them, in one run on one machine.
 
 Per set, in this order: the cache filled for the union of the methods (not timed); the cells one after another
-(``run_cells(..., one_pass=False)``); the same cells as one row; one pass of the training loader alone over the
+(``train``); the same cells as one row (``fastkd.train.one_pass``, what ``fastkd grid`` runs); one pass of the training loader alone over the
 same epochs (decode and augmentation, nothing trained); the student alone (cross-entropy) on the memory backend,
 whose views are already decoded in memory. Training seconds are those of the epochs after the first (warm-up:
 worker start, first allocations), summed over the cells (a row's cell is charged its own steps and a share of
@@ -67,8 +67,8 @@ def _loader_pass(cfg) -> float:
 def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, work: str, *,
             student: str = "shufflenet_v2_x0_5", methods=METHODS, epochs: int = 3, batch_size: int = 64,
             workers: int = 2, device: str = "cpu", backend: str = "torch") -> dict:
-    from fastkd.experiments.runs import run_cells
     from fastkd.train.cache_fill import build_cache
+    from fastkd.train.one_pass import open_row
     from fastkd.train.config import TrainConfig
     from fastkd.train.trainer import train
 
@@ -82,7 +82,17 @@ def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, 
     for mode in ("sequential", "one-pass"):
         cfgs = [replace(base, method=m, out=os.path.join(root, mode, m)) for m in methods]
         started = time.time()
-        run_cells(cfgs, methods, "bench", one_pass=mode == "one-pass")
+        if mode == "sequential":
+            for cfg in cfgs:
+                train(cfg)
+        else:  # what `fastkd grid` and `fastkd compare` run for a row (fresh folders: no resume)
+            row = open_row(cfgs, [False] * len(cfgs), methods)
+            if row is None:
+                raise SystemExit("bench one-pass: the row does not fit in memory here (see the line above)")
+            try:
+                row.fit()
+            finally:
+                row.close()
         walls[mode], seconds[mode] = time.time() - started, _after_warmup([c.out for c in cfgs])
     loader = _loader_pass(base)
     alone_dir = os.path.join(root, "student-alone")

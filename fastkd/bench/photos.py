@@ -33,8 +33,24 @@ def photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progress: bool = True) -> str:
-    """``root/train/c<k>/<i>.jpg`` for ``n`` photos (longer side 360-640 px); returns ``root``."""
+GRATING_PERIOD, GRATING_AMPLITUDE = 24.0, 35.0  # pixels per cycle, grey levels
+
+
+def grating(label: int, classes: int, height: int, width: int, phase: float) -> np.ndarray:
+    """float32 (height, width): the class's stripes, a sinusoid at angle ``pi * label / classes`` with period
+    :data:`GRATING_PERIOD` pixels; present over the whole photo, so any crop of it shows the class."""
+    angle = np.pi * label / classes
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    along = x * np.cos(angle) + y * np.sin(angle)
+    return GRATING_AMPLITUDE * np.sin(2 * np.pi * along / GRATING_PERIOD + phase).astype(np.float32)
+
+
+def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progress: bool = True,
+                    labelled: bool = False) -> str:
+    """``root/train/c<k>/<i>.jpg`` for ``n`` photos (longer side 360-640 px); returns ``root``. Photo ``i`` is of
+    class ``i mod classes``. ``labelled``: the class is in the pixels too (:func:`grating`'s stripes over the
+    texture, at a random phase), so a network can learn it and the set measures accuracy; without it the content
+    is random and only speed can be measured."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         longer = int(rng.integers(SIDES[0], SIDES[1] + 1))
@@ -42,18 +58,23 @@ def write_photo_set(root: str, n: int, classes: int = 10, seed: int = 0, progres
         w, h = (longer, round(longer / aspect)) if aspect >= 1 else (round(longer * aspect), longer)
         folder = os.path.join(root, "train", f"c{i % classes}")
         os.makedirs(folder, exist_ok=True)
-        Image.fromarray(photo(rng, h, w)).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
+        image = photo(rng, h, w)
+        if labelled:
+            stripes = grating(i % classes, classes, h, w, float(rng.uniform(0, 2 * np.pi)))
+            image = np.clip(image.astype(np.float32) + stripes[:, :, None], 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(folder, f"{i:05d}.jpg"), quality=90)
         if progress and (i + 1) % 200 == 0:
             log(f"  photos: {i + 1}/{n}")
     return root
 
 
-def converted_photo_set(folder: str, n: int, progress: bool = True, val_fraction: float = 0.0) -> str:
+def converted_photo_set(folder: str, n: int, progress: bool = True, val_fraction: float = 0.0,
+                        labelled: bool = False) -> str:
     """``write_photo_set`` into ``folder/src``, converted (both formats, imagefolder's default ``--max-side``
     512: longer sides above it shrunk; ``val_fraction`` > 0 carves a val split) to ``folder/photos``."""
     from fastkd.converters.convert import ConvertOptions, convert
 
     src, out = os.path.join(folder, "src"), os.path.join(folder, "photos")
-    write_photo_set(src, n, progress=progress)
+    write_photo_set(src, n, progress=progress, labelled=labelled)
     convert("imagefolder", src, out, ConvertOptions(progress=progress, val_fraction=val_fraction))
     return out

@@ -33,6 +33,7 @@ from fastkd.methods import parse_methods
 from fastkd.sizes import format_bytes
 
 from .config import TrainConfig
+from .evaluate import evaluate_many
 from .interrupt import StopSignals, resume_command
 from .signals import SignalModel
 from .teacher import TeacherSource
@@ -189,9 +190,13 @@ class OnePass:
             for epoch in range(min(c.trainer.start_epoch for c in self.cells), epochs):
                 active = [c for c in self.cells if c.alive and c.trainer.start_epoch <= epoch]
                 self._epoch(epoch, active)
-                for c in active:
-                    if c.alive:
-                        self._guard(c, lambda tr: tr._end_epoch(epoch, tr._epoch_row(epoch)), clock=True)
+                ending = [c for c in active if c.alive]
+                evaluated = [None] * len(ending)
+                if ending and ending[0].trainer.eval_due(epoch):  # every cell over one pass of the eval split
+                    first = ending[0].trainer
+                    evaluated = evaluate_many([c.trainer.model for c in ending], first.eval_loader)
+                for c, done in zip(ending, evaluated):
+                    self._guard(c, lambda tr: tr._end_epoch(epoch, tr._epoch_row(epoch), done), clock=True)
                 if self.stop.signum and epoch + 1 < epochs:
                     self._exit(epoch, len(self.loader))
         wall = (time.time() - started) / max(1, len(self.cells))  # the row's wall clock, shared out

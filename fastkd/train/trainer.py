@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -270,12 +270,17 @@ class Trainer(CheckpointState):
             remove_stale_temps(self.weights_path)
         self._saved_at = time.time()
 
-    def _end_epoch(self, epoch: int, row: dict) -> None:
-        """Evaluate when due, checkpoint, and write the epoch's metrics row (and TensorBoard's, and a log line)."""
+    def eval_due(self, epoch: int) -> bool:
+        return epoch + 1 == self.cfg.epochs or (epoch + 1) % self.cfg.eval_every == 0
+
+    def _end_epoch(self, epoch: int, row: dict, evaluated: Optional[dict] = None) -> None:
+        """Evaluate when due (``evaluated``: done already, with other models over the same pass), checkpoint, and
+        write the epoch's metrics row (and TensorBoard's, and a log line)."""
         cfg, split = self.cfg, self.eval_split
         row = {"epoch": epoch + 1, **row}
-        if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
-            row.update({f"{split}_{k}": v for k, v in evaluate(self.model, self.eval_loader).items()})
+        if self.eval_due(epoch):
+            evaluated = evaluated or evaluate(self.model, self.eval_loader)
+            row.update({f"{split}_{k}": v for k, v in evaluated.items()})
         self.history.append(row)
         self._save(epoch, len(self.train_loader))
         if self.dist.main:
