@@ -26,7 +26,7 @@ setup(
         "timm": ["timm>=1.0", "safetensors"],
         "export": ["onnx", "onnxruntime", "onnxscript", "safetensors"],
         "tensorboard": ["tensorboard"],
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-xdist"],  # the README's test command runs the suite in 2 processes (-n 2)
     },
     ext_modules=[ROIJPEG],
     entry_points={"console_scripts": ["fastkd=fastkd.cli:main"]},

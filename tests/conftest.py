@@ -6,7 +6,14 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (the README's test command): N test processes share the cores, one thread each, and the
+    # processes the tests start (fastkd commands, torchrun ranks) one thread each too, rather than N x the cores
+    # spinning against each other
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
