@@ -146,3 +146,24 @@ def test_cells_that_expand_the_batch_or_differ_in_their_batches_do_not_share_a_p
     assert one_pass.row_key(cfg) == one_pass.row_key(replace(cfg, method="at+kd", out="p", method_options={"kd": {}}))
     for other in (dict(seed=1), dict(batch_size=32), dict(res=32), dict(views_per_image=2), dict(epochs=3)):
         assert one_pass.row_key(replace(cfg, **other)) != one_pass.row_key(cfg), other
+
+
+def test_a_row_under_torchrun_equals_its_cells_one_after_another(orl_data, teacher_weights, tmp_path):
+    """`fastkd compare` on 2 ranks: the kd and at cells of a seed in one pass (each cell wrapped in its own DDP, the
+    row's flags reduced once per poll) end with the weights of the same cells trained one after another."""
+    from torchrun_tools import torchrun_each
+
+    common = ["compare", "--data", orl_data, "--student", "shufflenet_v2_x0_5", "--teacher", "resnet32",
+              "--teacher-weights", teacher_weights, "--methods", "kd,at", "--seeds", "0", "--epochs", "2",
+              "--batch-size", "32", "--res", "16", "--workers", "0", "--device", "cpu", "--quiet"]
+    runs = {"row": [*common, "--out", str(tmp_path / "row")],
+            "alone": [*common, "--out", str(tmp_path / "alone"), "--no-one-pass"]}
+    results = torchrun_each(2, runs, tmp_path / "logs")
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    assert "one pass over the data for 2 cells" in results["row"].stderr
+    assert "one pass over the data" not in results["alone"].stderr
+    for method in ("kd", "at"):
+        a, b = (checkpoint.load(str(tmp_path / run / method / "seed0" / "checkpoint.pt"))["model"]
+                for run in ("row", "alone"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method

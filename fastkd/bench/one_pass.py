@@ -78,7 +78,7 @@ def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, 
                        epochs=epochs, batch_size=batch_size, lr=0.05, res=res, workers=workers, device=device,
                        backend=backend, progress=False, eval_every=epochs, teacher_cache=cache)
     build_cache(replace(base, method="+".join(methods)), batch_size=batch_size, progress=False)
-    walls, seconds = {}, {}
+    walls, seconds, epochs_s = {}, {}, {}
     for mode in ("sequential", "one-pass"):
         cfgs = [replace(base, method=m, out=os.path.join(root, mode, m)) for m in methods]
         started = time.time()
@@ -94,6 +94,7 @@ def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, 
             finally:
                 row.close()
         walls[mode], seconds[mode] = time.time() - started, _after_warmup([c.out for c in cfgs])
+        epochs_s[mode] = {c.method: _epoch_seconds(c.out) for c in cfgs}  # every epoch, warm-up included
     loader = _loader_pass(base)
     alone_dir = os.path.join(root, "student-alone")
     train(replace(base, method="ce", teacher=None, teacher_weights=None, teacher_cache=None, backend="memory",
@@ -106,7 +107,7 @@ def run_set(name: str, data: str, teacher: str, teacher_weights: str, res: int, 
             "ratio": seconds["one-pass"] / seconds["sequential"],
             "wall_sequential_s": walls["sequential"], "wall_one_pass_s": walls["one-pass"],
             "wall_ratio": walls["one-pass"] / walls["sequential"], "loader_s": loader, "per_cell_s": per_cell,
-            "student_alone_s": alone, "per_cell_vs_alone": per_cell / alone}
+            "student_alone_s": alone, "per_cell_vs_alone": per_cell / alone, "epoch_seconds": epochs_s}
 
 
 def random_teacher(name: str, classes: int, low_res: bool, res: int, path: str) -> str:
