@@ -33,7 +33,7 @@ def photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-GRATING_PERIOD, GRATING_AMPLITUDE = 24.0, 35.0  # pixels per cycle, grey levels
+GRATING_PERIOD, GRATING_AMPLITUDE = 24.0, 60.0  # pixels per cycle, grey levels
 
 
 def grating(label: int, classes: int, height: int, width: int, phase: float) -> np.ndarray:
