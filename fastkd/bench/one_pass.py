@@ -47,20 +47,20 @@ def _after_warmup(outs: List[str]) -> float:
 
 
 def _loader_pass(cfg) -> float:
-    """Seconds per epoch (after the first) of the run's training loader iterated alone."""
-    from fastkd.pipelines import Loader
+    """Seconds per epoch (after the first) of the run's training loader iterated alone (the loader ``build_run``
+    makes for the run; nothing trained)."""
+    from fastkd.train.build import build_run
 
-    loader = Loader(cfg.data, cfg.train_split, train=True, views=cfg.views, augment=cfg.augment_config(),
-                    views_per_image=cfg.views_per_image, backend=cfg.backend, batch_size=cfg.batch_size, res=cfg.res,
-                    seed=cfg.seed, workers=cfg.workers, device=torch.device(cfg.device), channels_last=cfg.channels_last)
+    run = build_run(replace(cfg, method="ce", teacher=None, teacher_weights=None, teacher_cache=None), "train")
     seconds = []
     for epoch in range(cfg.epochs):
         started = time.time()
-        for batch in loader.epoch(epoch):
+        for batch in run.train_loader.epoch(epoch):
             if batch.images.is_cuda:
                 torch.cuda.synchronize()
         seconds.append(time.time() - started)
-    loader.__dict__.pop("backend", None)  # its workers end now
+    run.close()
+    run.train_loader.__dict__.pop("backend", None)  # its workers end now
     return statistics.mean(seconds[1:] if len(seconds) > 1 else seconds)
 
 

@@ -86,10 +86,10 @@ def _one_pass(cfgs: List[TrainConfig], labels: List[str], tag: str, keep_diverge
     keep_freed_memory()
     distributed.init(cfgs[0].device)
     resumes = [os.path.isfile(os.path.join(cfg.out, CHECKPOINT)) for cfg in cfgs]
-    diverged = {}
+    diverged, label_of = {}, {cfg.out: label for cfg, label in zip(cfgs, labels)}
 
     def on_diverged(cfg, exc):
-        diverged[cfg.out] = _record_diverged(cfg, labels[cfgs.index(cfg)], tag, exc)
+        diverged[cfg.out] = _record_diverged(cfg, label_of[cfg.out], tag, exc)
 
     with contextlib.ExitStack() as held:
         for cfg, resume, label in zip(cfgs, resumes, labels):
