@@ -47,7 +47,8 @@ def _weights(items):
 @click.option("--student-lr", type=float, default=None, help="Learning rate of the student runs only.")
 @memory_limit_option()
 @click.option("--plan", "plan_dir", default=None, metavar="DIR", help="Train nothing: write the grid's jobs to DIR "
-              "(jobs.txt, and submit.sh for SLURM), for a cluster with a shared file system.")
+              "(jobs.txt, and submit.sh for SLURM), for a cluster with a shared file system: a job per (teacher, "
+              "seed) row of method cells (one pass), or per cell with --no-one-pass.")
 @click.option("--job", default=None, metavar="NAME", help="Run one job of the grid's plan (see DIR/jobs.txt).")
 @click.option("--gpus-per-job", default="1", show_default=True, metavar="N", help="With --plan: submit.sh's "
               "#SBATCH --gpus (a count or TYPE:COUNT; 0: none).")
@@ -96,7 +97,7 @@ def grid(ctx, data, out, recipe, teachers, student, methods, seeds, teacher_weig
     BACKENDS.canonical(train.get("backend", "torch"))
     open_converted(data)
     if plan_dir is not None or job is not None:
-        return run_jobs_mode(spec, ctx, plan_dir, job, gpus_per_job, progress)
+        return run_jobs_mode(spec, ctx, plan_dir, job, gpus_per_job, progress, one_pass)
     run_grid(spec, progress=progress, one_pass=one_pass)
 
 

@@ -48,15 +48,16 @@ def grid_args(ctx: click.Context) -> List[str]:
     return args
 
 
-def run_jobs_mode(spec, ctx: click.Context, plan_dir, job, gpus_per_job, progress: bool) -> None:
-    """--plan: write the jobs; --job: run one (exit code NOT_READY, one line, when its inputs are not done)."""
+def run_jobs_mode(spec, ctx: click.Context, plan_dir, job, gpus_per_job, progress: bool, one_pass: bool) -> None:
+    """--plan: write the jobs (a job per row with one pass, else per cell); --job: run one (exit code NOT_READY,
+    one line, when its inputs are not done)."""
     from fastkd.experiments.grid_plan import NOT_READY, NotReady, run_job, write_plan
 
     if plan_dir is not None:
-        write_plan(spec, plan_dir, fastkd_command(), grid_args(ctx), gpus_per_job)
+        write_plan(spec, plan_dir, fastkd_command(), grid_args(ctx), gpus_per_job, one_pass)
         return
     try:
-        run_job(spec, job, progress=progress)
+        run_job(spec, job, progress=progress, one_pass=one_pass)
     except NotReady as exc:
         click.echo(f"fastkd: not ready: {exc}", err=True)
         sys.exit(NOT_READY)

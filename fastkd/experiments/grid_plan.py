@@ -5,15 +5,17 @@ The jobs of a grid, in dependency order (:func:`jobs`)::
     teacher-<t>             the teacher cell (trained, or evaluated from --teacher-weights)
     student-seed<k>         the student baseline of seed k
     cache-<t>-seed<k>       the (teacher, seed) teacher cache, for every method of the grid  (after teacher-<t>)
-    <t>-<m>-seed<k>         one method cell                            (after teacher-<t> and cache-<t>-seed<k>)
+    row-<t>-seed<k>         the method cells of (t, k) in one pass over the data (``--one-pass``, the default)
+                                                                       (after teacher-<t> and cache-<t>-seed<k>)
+    <t>-<m>-seed<k>         or, with ``--no-one-pass``, one job per method cell  (after the same two)
     report                  ``fastkd report OUT``: the table of the cells done (after every other job, done or not)
 
 Each job is a plain ``fastkd grid --job NAME <the grid's own options>`` command: it recomputes the same spec and
-runs its cells with :func:`fastkd.experiments.runs.run_or_reuse`, so a job run again skips what is done and
-resumes a stopped cell. A job holds a lock (``OUT/jobs/<name>/``, :func:`fastkd.ownership.run_lock`) for its whole
-run: a second copy exits with one line naming the holder (pid and host). A job whose inputs are not finished
-exits with one line naming what it waits for, exit code :data:`NOT_READY`. A finished job leaves
-``OUT/jobs/<name>.done.json``. ``--plan DIR`` writes ``jobs.txt`` (one job a line: name, the jobs it waits
+runs its cells with :func:`fastkd.experiments.runs.run_cells`, so a job run again skips what is done and
+resumes a stopped cell. ``--job`` takes the names of either plan (a row job, or one cell of it). A job holds a
+lock (``OUT/jobs/<name>/``, :func:`fastkd.ownership.run_lock`) for its whole run: a second copy exits with one
+line naming the holder (pid and host). A job whose inputs are not finished exits with one line naming what it
+waits for, exit code :data:`NOT_READY`. A finished job leaves ``OUT/jobs/<name>.done.json``. ``--plan DIR`` writes ``jobs.txt`` (one job a line: name, the jobs it waits
 for, command) and ``submit.sh`` (``sbatch --dependency=afterok:`` chains; the same file is each job's script).
 """
 from __future__ import annotations
@@ -41,37 +43,46 @@ class NotReady(UserError):
     """A job started before the jobs it needs finished."""
 
 
+ROW, CELL = "row", "cell"  # the method cells' jobs: one per (teacher, seed) row, or one per cell
+
+
 class Job(NamedTuple):
     name: str
-    kind: str  # "teacher", "student", "cache", "cell" or "report"
-    cell: Optional[Cell]  # the cell it trains (None for cache and report)
+    kind: str  # "teacher", "student", "cache", "row", "cell" or "report"
+    cells: Tuple[Cell, ...]  # the cells it trains (none for cache and report)
     teacher: Optional[str]
     seed: int
     after: Tuple[str, ...]  # the jobs it needs
 
 
-def jobs(spec: GridSpec) -> List[Job]:
-    """Every job of ``spec`` (a checked spec), each after the jobs it needs."""
-    out, pairs = [], []
+def jobs(spec: GridSpec, per: str = ROW) -> List[Job]:
+    """Every job of ``spec`` (a checked spec), each after the jobs it needs; the method cells ``per`` row (one
+    job trains a (teacher, seed) row in one pass over the data) or ``per`` cell."""
+    out, rows = [], {}
     for cell in plan(spec):
         if cell.row == "teacher":
-            out.append(Job(f"teacher-{cell.teacher}", "teacher", cell, cell.teacher, 0, ()))
+            out.append(Job(f"teacher-{cell.teacher}", "teacher", (cell,), cell.teacher, 0, ()))
         elif cell.row == "student":
-            out.append(Job(f"student-seed{cell.seed}", "student", cell, None, cell.seed, ()))
+            out.append(Job(f"student-seed{cell.seed}", "student", (cell,), None, cell.seed, ()))
         else:
-            if (cell.teacher, cell.seed) not in pairs:
-                pairs.append((cell.teacher, cell.seed))
-                out.append(Job(f"cache-{cell.teacher}-seed{cell.seed}", "cache", None, cell.teacher, cell.seed,
-                               (f"teacher-{cell.teacher}",)))
-            out.append(Job(f"{cell.teacher}-{cell.row}-seed{cell.seed}", "cell", cell, cell.teacher, cell.seed,
-                           (f"teacher-{cell.teacher}", f"cache-{cell.teacher}-seed{cell.seed}")))
-    ordered = [j for kind in ("teacher", "cache", "student", "cell") for j in out if j.kind == kind]
-    return ordered + [Job("report", "report", None, None, 0, tuple(j.name for j in ordered))]
+            key, needs = (cell.teacher, cell.seed), (f"teacher-{cell.teacher}", f"cache-{cell.teacher}-seed{cell.seed}")
+            if key not in rows:
+                rows[key] = []
+                out.append(Job(needs[1], "cache", (), cell.teacher, cell.seed, needs[:1]))
+            rows[key].append(cell)
+            if per == CELL:
+                out.append(Job(f"{cell.teacher}-{cell.row}-seed{cell.seed}", CELL, (cell,), cell.teacher, cell.seed,
+                               needs))
+    if per == ROW:
+        out += [Job(f"row-{t}-seed{k}", ROW, tuple(cells), t, k, (f"teacher-{t}", f"cache-{t}-seed{k}"))
+                for (t, k), cells in rows.items()]
+    ordered = [j for kind in ("teacher", "cache", "student", ROW, CELL) for j in out if j.kind == kind]
+    return ordered + [Job("report", "report", (), None, 0, tuple(j.name for j in ordered))]
 
 
-def job_for(spec: GridSpec, cell: Cell) -> str:
-    """The name of the job that trains ``cell``."""
-    return next(j.name for j in jobs(spec) if j.cell == cell)
+def job_for(spec: GridSpec, cell: Cell, per: str = ROW) -> str:
+    """The name of the job that trains ``cell`` in a plan ``per`` row or ``per`` cell."""
+    return next(j.name for j in jobs(spec, per) if cell in j.cells)
 
 
 def done_marker(out: str, name: str) -> str:
@@ -94,13 +105,15 @@ def lock_holder(folder: str) -> Optional[Tuple[Optional[int], str, str]]:
 
 
 # ---- --job NAME -----------------------------------------------------------------------------------------
-def run_job(spec: GridSpec, name: str, progress: bool = True) -> None:
-    """Run job ``name`` of ``spec``: its cell (or cache), reusing what is done; a UserError when another process
-    runs it, :class:`NotReady` when a job it needs has not finished."""
+def run_job(spec: GridSpec, name: str, progress: bool = True, one_pass: bool = True) -> None:
+    """Run job ``name`` of ``spec`` (of the plan by row or by cell): its cells (or cache), reusing what is done, a
+    row's cells in one pass over the data with ``one_pass``; a UserError when another process runs it,
+    :class:`NotReady` when a job it needs has not finished."""
     spec = spec.check()
-    by_name = {j.name: j for j in jobs(spec)}
+    by_name = {j.name: j for per in (ROW, CELL) for j in jobs(spec, per)}
     if name not in by_name:
-        raise UserError(f"--job {name}: no such job in this grid; its jobs are {', '.join(by_name)}")
+        raise UserError(f"--job {name}: no such job in this grid; its jobs are "
+                        f"{', '.join(j.name for j in jobs(spec, ROW if one_pass else CELL))}")
     job = by_name[name]
     os.makedirs(os.path.join(spec.out, JOBS), exist_ok=True)
     folder = lock_folder(spec.out, name)
@@ -113,38 +126,36 @@ def run_job(spec: GridSpec, name: str, progress: bool = True) -> None:
                             f"{os.path.join(folder, LOCK)}); this copy exits: wait for that one or stop it") from None
         start = time.time()
         _save_spec(spec)
-        _run(spec, job, progress)
+        _run(spec, job, progress, one_pass)
         atomic_write_json(done_marker(spec.out, name), {"job": name, "host": socket.gethostname(),
                                                         "seconds": time.time() - start, "finished": time.time()})
         log(f"[grid] job {name} done ({time.time() - start:.1f} s)")
 
 
-def _run(spec: GridSpec, job: Job, progress: bool) -> None:
+def _run(spec: GridSpec, job: Job, progress: bool, one_pass: bool) -> None:
     from dataclasses import replace
 
     from fastkd.experiments.report import write_report
-    from fastkd.experiments.runs import run_or_reuse
+    from fastkd.experiments.runs import run_cells
 
     if job.kind == "report":
         write_report(spec.out)
         return
-    cell = job.cell
-    if job.kind == "teacher" and cell.teacher in spec.teacher_weights:
-        _evaluate_teacher(spec, cell, spec.teacher_weights[cell.teacher])
+    if job.kind == "teacher" and job.teacher in spec.teacher_weights:
+        _evaluate_teacher(spec, job.cells[0], spec.teacher_weights[job.teacher])
         return
-    finished = cell is not None and os.path.isfile(os.path.join(cell.out, "summary.json"))
-    weights = _teacher_weights(spec, job) if job.kind in ("cache", "cell") else None
-    if job.kind == "cell" and not finished:
-        if not os.path.isfile(done_marker(spec.out, job.after[1])):
-            raise NotReady(f"job {job.name} waits for the teacher cache of {job.teacher}, seed {job.seed} (no "
-                           f"{done_marker(spec.out, job.after[1])}): run job {job.after[1]} first")
+    weights = _teacher_weights(spec, job) if job.kind in ("cache", ROW, CELL) else None
     if job.kind == "cache":
         method_cell = next(c for c in plan(spec) if c.row not in ("teacher", "student")
                            and (c.teacher, c.seed) == (job.teacher, job.seed))
         _fill_teacher_cache(spec, replace(_cell_config(spec, method_cell, weights), progress=progress))
         return
-    cfg = replace(_cell_config(spec, cell, weights), progress=progress)
-    run_or_reuse(cfg, cell.label, "grid")
+    left = [c for c in job.cells if not os.path.isfile(os.path.join(c.out, "summary.json"))]
+    if job.kind in (ROW, CELL) and left and not os.path.isfile(done_marker(spec.out, job.after[1])):
+        raise NotReady(f"job {job.name} waits for the teacher cache of {job.teacher}, seed {job.seed} (no "
+                       f"{done_marker(spec.out, job.after[1])}): run job {job.after[1]} first")
+    cfgs = [replace(_cell_config(spec, c, weights), progress=progress) for c in job.cells]
+    run_cells(cfgs, [c.label for c in job.cells], "grid", one_pass=one_pass)
 
 
 def _teacher_weights(spec: GridSpec, job: Job) -> str:
@@ -163,10 +174,10 @@ def _teacher_weights(spec: GridSpec, job: Job) -> str:
 
 # ---- --plan DIR -----------------------------------------------------------------------------------------
 def write_plan(spec: GridSpec, folder: str, fastkd: Sequence[str], grid_args: Sequence[str],
-               gpus_per_job: str = "1") -> List[Job]:
+               gpus_per_job: str = "1", one_pass: bool = True) -> List[Job]:
     """Write ``folder``/jobs.txt and ``folder``/submit.sh for ``spec`` (checked here), and the grid's spec in its
     --out; ``fastkd``: the command that runs fastkd, ``grid_args``: the grid's own options (given to every
-    job). Nothing is trained."""
+    job); the method cells one job per row with ``one_pass``, else one per cell. Nothing is trained."""
     spec = spec.check()
     gpus = str(gpus_per_job).strip()
     if not re.fullmatch(r"[A-Za-z0-9_:.-]*", gpus):
@@ -175,7 +186,7 @@ def write_plan(spec: GridSpec, folder: str, fastkd: Sequence[str], grid_args: Se
     _save_spec(spec)
     folder = os.path.abspath(folder)
     os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
-    todo = jobs(spec)
+    todo = jobs(spec, ROW if one_pass else CELL)
     commands = {j.name: _command(j, spec, fastkd, grid_args) for j in todo}
     lines = ["# fastkd grid plan: one job a line, in dependency order: NAME<TAB>AFTER (its jobs, comma list; - for "
              "none)<TAB>COMMAND",

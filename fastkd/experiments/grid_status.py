@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from fastkd.errors import UserError
 from fastkd.experiments.grid import Cell, GridSpec, plan
-from fastkd.experiments.grid_plan import job_for, lock_folder, lock_holder
+from fastkd.experiments.grid_plan import CELL, ROW, job_for, lock_folder, lock_holder
 from fastkd.experiments.report import SPEC_FILE
 from fastkd.tables import format_table
 
@@ -70,7 +70,8 @@ def cell_state(spec: GridSpec, cell: Cell) -> dict:
     if summary is not None or os.path.isfile(os.path.join(cell.out, "diverged.json")):
         secs = (summary or {}).get("train_seconds")
         return {**state, "state": "done", "seconds": float(secs) if secs is not None else None}
-    where = _where([cell.out, lock_folder(spec.out, job_for(spec, cell))])
+    # the cell's run folder, then the lock of the job that trains it (a plan by row or by cell)
+    where = _where([cell.out, *(lock_folder(spec.out, job_for(spec, cell, per)) for per in (ROW, CELL))])
     config = _read(os.path.join(cell.out, "config.json")) or {}
     epochs = {"epochs": _epochs_done(cell), "epochs_total": config.get("epochs")}
     if where is not None and where["alive"] is not False:
