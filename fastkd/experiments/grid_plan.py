@@ -15,8 +15,9 @@ runs its cells with :func:`fastkd.experiments.runs.run_cells`, so a job run agai
 resumes a stopped cell. ``--job`` takes the names of either plan (a row job, or one cell of it). A job holds a
 lock (``OUT/jobs/<name>/``, :func:`fastkd.ownership.run_lock`) for its whole run: a second copy exits with one
 line naming the holder (pid and host). A job whose inputs are not finished exits with one line naming what it
-waits for, exit code :data:`NOT_READY`. A finished job leaves ``OUT/jobs/<name>.done.json``. ``--plan DIR`` writes ``jobs.txt`` (one job a line: name, the jobs it waits
-for, command) and ``submit.sh`` (``sbatch --dependency=afterok:`` chains; the same file is each job's script).
+waits for, exit code :data:`NOT_READY`. A finished job leaves ``OUT/jobs/<name>.done.json``. ``--plan DIR``
+writes ``jobs.txt`` (one job a line: name, the jobs it waits for, command) and ``submit.sh`` (``sbatch
+--dependency=afterok:`` chains; the same file is each job's script).
 """
 from __future__ import annotations
 
