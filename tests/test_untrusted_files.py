@@ -1,14 +1,10 @@
-"""Untrusted files cannot exhaust the machine or escape their folder (issue 19, point 4): images declaring
-more pixels than ``fastkd.limits`` allows are refused before any decoder allocates (window decoder,
-every backend's decode path, the converters, where ``--skip-corrupt`` skips and counts them); names read
-from JSON that become paths stay inside their folder; bad option values are one-line errors naming the
-option."""
+"""Untrusted images cannot exhaust the machine (issue 19, point 4): images declaring more pixels than
+``fastkd.limits`` allows are refused before any decoder allocates (window decoder, every backend's decode path, the
+converters, where ``--skip-corrupt`` skips and counts them). Names read from JSON: test_untrusted_names.py; option
+values: test_option_values.py."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import struct
 import subprocess
 import sys
@@ -22,8 +18,6 @@ from fastkd.errors import UserError
 from fastkd.limits import ENV, MAX_IMAGE_PIXELS, max_image_pixels
 from fastkd.pipelines import decode, jpeg_window
 from layout_tools import encode_jpeg
-
-FASTKD = [sys.executable, "-m", "fastkd"]
 
 
 def jpeg(width: int = 64, height: int = 48, mode: str = "RGB", **save) -> bytes:
@@ -40,19 +34,6 @@ def declare(data: bytes, width: int, height: int) -> bytes:
             d[at + 5:at + 9] = struct.pack(">HH", height, width)
             return bytes(d)
         at += 2 + length
-
-
-def run_cli(*args, env=None):
-    return subprocess.run(FASTKD + list(args), capture_output=True, text=True, timeout=300,
-                          env=None if env is None else {**os.environ, **env})
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fastkd: error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def run_python(code: str, timeout: int = 60) -> subprocess.CompletedProcess:
@@ -244,204 +225,3 @@ def test_subimage_does_not_read_past_a_scan_header_that_ends_the_buffer():
 def test_subimage_refuses_a_frame_declaring_more_segments_than_the_data_holds():
     data = declare(jpeg(64, 64, restart_marker_blocks=1), 65520, 65520)
     assert jpeg_window.subimage(data, 0, 0, 16, 16) is None
-
-
-# ---------------------------------------------------------------- names read from JSON stay in their folder
-
-
-def _summary(folder, **fields):
-    os.makedirs(folder, exist_ok=True)
-    summary = {"student": "resnet8", "teacher": "resnet20", "method": "kd", "seed": 0, "top1": 50.0, **fields}
-    with open(os.path.join(folder, "summary.json"), "w") as f:
-        json.dump(summary, f)
-    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-        f.write(json.dumps({"epoch": 0, "test_top1": 40.0}) + "\n")
-
-
-def _pngs(root):
-    return sorted(os.path.join(d, n) for d, _, names in os.walk(root) for n in names if n.endswith(".png"))
-
-
-@pytest.mark.parametrize("field,value", [("teacher", "../../../../x"), ("student", "/tmp/x"),
-                                         ("method", "kd/../../x"), ("teacher", "..")])
-def test_report_refuses_run_names_that_are_paths(tmp_path, field, value):
-    from fastkd.experiments.report import write_report
-
-    root = tmp_path / "a" / "b" / "c" / "grid"
-    _summary(str(root / "run0"), **{field: value})
-    with pytest.raises(UserError) as info:
-        write_report(str(root), quiet=True)
-    assert str(root / "run0" / "summary.json") in str(info.value) and repr(value) in str(info.value)
-    assert "\n" not in str(info.value)
-    assert _pngs(tmp_path) == []
-
-
-def test_report_refuses_a_grid_spec_naming_a_path(tmp_path):
-    from fastkd.experiments.report import write_report
-
-    root = tmp_path / "grid"
-    _summary(str(root / "run0"))
-    (root / "grid-spec.json").write_text(json.dumps({"student": "resnet8", "teachers": ["../x"], "methods": ["kd"]}))
-    with pytest.raises(UserError, match=r"grid-spec.json: teacher '../x' is not a plain name"):
-        write_report(str(root), quiet=True)
-
-
-def test_report_cli_is_one_line_and_writes_nothing_outside(tmp_path):
-    root = tmp_path / "a" / "b" / "grid"
-    _summary(str(root / "run0"), teacher="../../../../x")
-    assert_one_line_error(run_cli("report", str(root)), "teacher '../../../../x' is not a plain name")
-    assert _pngs(tmp_path) == []
-
-
-def _manifest(root, **fields):
-    from fastkd.converted import FORMAT, FORMAT_VERSION, MANIFEST
-
-    os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, MANIFEST), "w") as f:
-        json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, "checksums": {}, "sizes": {}, **fields}, f)
-
-
-@pytest.mark.parametrize("rel", ["../secret.txt", "/etc/hostname", "dali/../../secret.txt", "dali//x",
-                                 "..\\secret.txt"])
-def test_verify_and_eval_never_touch_files_outside_the_conversion(tmp_path, rel):
-    from fastkd.converted import verify
-    from fastkd.pipelines import open_converted
-
-    secret = tmp_path / "secret.txt"
-    secret.write_bytes(b"hello")
-    root = tmp_path / "data"
-    _manifest(str(root), checksums={rel: hashlib.sha256(b"hello").hexdigest()}, sizes={rel: 5})
-    for call in (lambda: verify(str(root), progress=False), lambda: open_converted(str(root))):
-        with pytest.raises(UserError) as info:
-            call()
-        assert repr(rel) in str(info.value) and "manifest.json" in str(info.value)
-        assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize("splits", [
-    {"../up": {"count": 0}},
-    {"train": {"count": 0, "dali": {"shards": ["dali/train/../../../x.tar"], "samples": "dali/train/samples.npy"}}},
-    {"train": {"count": 0, "dali": {"shards": [], "samples": "/etc/passwd"}}},
-    {"train": {"count": 0, "dali": {"shards": []}, "ffcv": "../x.beton"}},
-])
-def test_manifest_file_lists_stay_inside_the_conversion(tmp_path, splits):
-    from fastkd.pipelines import open_converted
-
-    _manifest(str(tmp_path / "data"), splits=splits)
-    with pytest.raises(UserError, match="is not a"):
-        open_converted(str(tmp_path / "data"))
-
-
-def test_verify_cli_is_one_line(tmp_path):
-    (tmp_path / "secret.txt").write_bytes(b"hello")
-    _manifest(str(tmp_path / "data"), checksums={"../secret.txt": hashlib.sha256(b"hello").hexdigest()},
-              sizes={"../secret.txt": 5})
-    assert_one_line_error(run_cli("verify", "--quiet", str(tmp_path / "data")), "'../secret.txt'")
-
-
-@pytest.mark.parametrize("field,value,fragment", [
-    ("teachers", ["../../x"], "teacher '../../x' is not a plain name"),
-    ("student", "a/b", "student 'a/b' is not a plain name"),
-    ("methods", ["kd", "/abs"], "method '/abs' is not a plain name"),
-    ("seeds", [0, "../x"], "seed '../x' is not an integer"),
-    ("teachers", "resnet56", "teachers must be a JSON list"),
-])
-def test_recipes_name_no_paths(tmp_path, field, value, fragment):
-    from fastkd.recipes import load_recipe
-
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"teachers": ["resnet56"], "student": "resnet20", "methods": ["kd"], "seeds": [0],
-                                field: value}))
-    with pytest.raises(UserError, match=f"recipe {path}: .*{fragment}".replace("(", r"\(").replace(")", r"\)")):
-        load_recipe(str(path))
-    for name in ("cifar100-seed", "crd-cifar100"):  # the shipped ones pass
-        load_recipe(name)
-
-
-# ---------------------------------------------------------------- option values
-
-
-@pytest.mark.parametrize("bad,message", [
-    ({"lr": float("inf")}, "--lr inf is not a finite number"),
-    ({"lr": float("nan")}, "--lr nan is not a finite number"),
-    ({"lr": "0.1"}, "--lr '0.1' is not a finite number"),
-    ({"weight_decay": float("inf")}, "--weight-decay inf"),
-    ({"label_smoothing": 1.0}, "--label-smoothing 1.0 must be in [0, 1)"),
-    ({"label_smoothing": -0.1}, "--label-smoothing -0.1 must be in [0, 1)"),
-    ({"mixup": float("nan")}, "--mixup nan"),
-    ({"cutmix": -1.0}, "--cutmix -1.0 must be >= 0"),
-    ({"epochs": 2.5}, "--epochs 2.5 must be an integer >= 1"),
-    ({"workers": -1}, "--workers -1 must be an integer >= 0"),
-    ({"res": 9.5}, "--res 9.5 must be at least 8"),
-    ({"seed": -1}, "--seed -1 must be an integer >= 0"),
-    ({"step_size": 0}, "--step-size 0 must be an integer >= 1"),
-    ({"ce_weight": -1.0}, "--ce-weight -1.0 must be"),
-    ({"ce_weight": float("inf")}, "--ce-weight inf must be"),
-    ({"cache_budget": float("inf")}, "--cache-budget inf"),
-    ({"cache_topk": -2}, "--cache-topk -2"),
-    ({"checkpoint_every": float("nan")}, "--checkpoint-every nan"),
-    ({"momentum": 1.0}, "--momentum 1.0 must be in [0, 1)"),
-    ({"method": "kd", "method_options": {"kd": {"temperature": 0}}}, "--opt kd.temperature=0 must be > 0"),
-    ({"method": "kd", "method_options": {"kd": {"temperature": float("inf")}}}, "--opt kd.temperature=inf"),
-    ({"method": "kd", "method_options": {"kd": {"weight": -0.5}}}, "--opt kd.weight=-0.5 is a loss weight"),
-    ({"method": "rkd", "method_options": {"rkd": {"angle_weight": -1}}}, "--opt rkd.angle_weight=-1"),
-    ({"method": "dkd", "method_options": {"dkd": {"beta": -8}}}, "--opt dkd.beta=-8 is a loss weight"),
-])
-def test_bad_option_values_are_one_line_errors_naming_the_option(bad, message):
-    from fastkd.train.config import TrainConfig
-
-    with pytest.raises(UserError) as info:
-        TrainConfig(data="", out="", student="resnet8", **bad)
-    assert message in str(info.value) and "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize("options,message", [
-    ({"kd": {"temperature": 0.0}}, "--opt kd.temperature=0.0 must be > 0"),
-    ({"kd": {"temperature": "hot"}}, "--opt kd.temperature='hot' must be a number"),
-    ({"kd": {"weight": -1}}, "--opt kd.weight=-1 is a loss weight"),
-    ({"crd": {"temperature": -0.07}}, "--opt crd.temperature=-0.07 must be > 0"),
-    ({"dkd": {"warmup": 2.5}}, "--opt dkd.warmup=2.5 must be an integer"),
-    ({"pkt": {"eps": 0}}, "--opt pkt.eps=0 must be > 0"),
-])
-def test_method_options_are_checked_where_methods_are_built(options, message):
-    """``parse_methods`` (training, ``fastkd cache build``, a grid's check) refuses them too."""
-    from fastkd.methods import parse_methods
-
-    with pytest.raises(UserError) as info:
-        parse_methods("+".join(options), options)
-    assert message in str(info.value)
-
-
-@pytest.mark.parametrize("value", ["inf", "nan", "-1G", "0", "garbage", "1e400"])
-def test_memory_limit_refuses_non_sizes(value):
-    from fastkd.pipelines.memory_backend import parse_bytes
-
-    with pytest.raises(UserError, match="is not a size"):
-        parse_bytes(value)
-
-
-def test_memory_limit_inf_is_one_line_on_the_command_line(tmp_path):
-    result = run_cli("train", "--memory-limit", "inf", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
-                     "--student", "resnet8")
-    assert_one_line_error(result, "'inf' is not a size")
-
-
-def test_convert_options_are_checked(tmp_path):
-    base = ["convert", "--dataset", "imagefolder", "--root", str(tmp_path), "--out", str(tmp_path) + "-o"]
-    assert_one_line_error(run_cli(*base, "--val-fraction", "nan", "--per-shard", "1"),
-                          "--val-fraction nan must be in [0, 1)")
-
-
-@pytest.mark.parametrize("where,options,message", [
-    ("student_train", {"lr": float("inf")}, "--lr inf is not a finite number"),
-    ("teacher_train", {"label_smoothing": 1.5}, "--label-smoothing 1.5 must be in [0, 1)"),
-    ("method_options", {"kd": {"temperature": 0}}, "--opt kd.temperature=0 must be > 0"),
-])
-def test_grid_checks_every_cells_option_values_before_training(tmp_path, where, options, message):
-    """A bad value only the student or method cells use fails before the teachers train for hours."""
-    from fastkd.experiments.grid import GridSpec
-
-    spec = GridSpec(data=str(tmp_path), out=str(tmp_path / "g"), teachers=["ResNet18"], student="resnet32",
-                    methods=["kd"], seeds=[0], **{where: options})
-    with pytest.raises(UserError, match=re.escape(message)):
-        spec.check()
