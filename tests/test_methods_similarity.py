@@ -247,6 +247,26 @@ def test_ickd_matches_reference_on_the_last_common_stage():
     _check(m, s, t, lambda a, b, p: 2.5 * ref_ickd(a["stage3"], b["stage3"], *p, bn.eps), params)
 
 
+
+def test_ickd_on_small_maps_of_many_channels_takes_the_row_form_and_matches_reference(monkeypatch):
+    """Maps of 2 x 2 and 3 x 3 with 40 teacher channels (as 4 x 4 maps of 512 channels): the loss goes through the
+    HW x HW products, with a dead teacher channel (a zero row: F.normalize's 0), and matches the C x C reference."""
+    import fastkd.methods.ickd as ickd
+
+    real, calls = ickd._row_products, []
+    monkeypatch.setattr(ickd, "_row_products", lambda *a: calls.append(1) or real(*a))
+    s = _maps(12, {"stage3": (6, 2, 2)}, True, relu=True)
+    t = _maps(13, {"stage3": (40, 3, 3)}, relu=True)
+    t["stage3"][:, 3] = 0.0
+    (m,) = parse_methods("ickd")
+    m.select_taps(STAGES3, STAGES3)
+    m.setup(s, t)
+    m.double().train()
+    conv, bn = m.embeds[0]
+    _check(m, s, t, lambda a, b, p: 2.5 * ref_ickd(a["stage3"], b["stage3"], *p, bn.eps),
+           [conv.weight, bn.weight, bn.bias])
+    assert calls
+
 # ---- pair-dependent stages, defaults, precision, errors ---------------------------------------------------
 def test_defaults_and_stages_chosen_from_the_pair():
     expected = {

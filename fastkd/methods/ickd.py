@@ -26,13 +26,25 @@ class ChannelEmbed(nn.Sequential):
 
 
 def channel_correlation(x: torch.Tensor) -> torch.Tensor:
-    r"""N x C x C inter-channel correlation of an N x C x H x W map, each row L2-normalised:
+    r"""N x C x C inter-channel correlation of an N x C x H x W (or N x C x HW) map, each row L2-normalised:
     :math:`\mathrm{normalize\_rows}(F F^\top)`, :math:`F` = C x HW per sample (``F.normalize``, eps 1e-12)."""
     f = x.flatten(2)
     return F.normalize(torch.bmm(f, f.transpose(1, 2)), dim=2)
 
 
-def ickd_loss(embedded_student: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+def _row_products(fs: torch.Tensor, ft: torch.Tensor):
+    r"""For each sample and channel i, :math:`|a_i|^2`, :math:`|b_i|^2` and :math:`a_i \cdot b_i` of the i-th rows
+    :math:`a_i = F^S f^S_i`, :math:`b_i = F^T f^T_i` of the two C x C correlations, through the HW x HW products
+    :math:`|a_i|^2 = {f^S_i}^\top ({F^S}^\top F^S) f^S_i`, :math:`a_i \cdot b_i = {f^S_i}^\top ({F^S}^\top F^T) f^T_i`
+    (``fs``: N x C x HW_s, ``ft``: N x C x HW_t): N C HW^2 work instead of N C^2 HW, and no C x C tensor."""
+    st = fs.transpose(1, 2)
+    aa = (torch.bmm(fs, torch.bmm(st, fs)) * fs).sum(2)
+    bb = (torch.bmm(ft, torch.bmm(ft.transpose(1, 2), ft)) * ft).sum(2)
+    ab = (torch.bmm(fs, torch.bmm(st, ft)) * ft).sum(2)
+    return aa, bb, ab
+
+
+def ickd_loss(embedded_student: torch.Tensor, teacher_map: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     r"""Inter-channel correlation loss of one stage pair (reference ``batch_loss``):
 
     .. math::
@@ -43,10 +55,22 @@ def ickd_loss(embedded_student: torch.Tensor, teacher_map: torch.Tensor) -> torc
     The C x C matrices do not depend on the spatial size, so maps of different sizes pair without pooling,
     as in the reference. Computed in the inputs' precision (float32 for half inputs); the teacher map
     is detached.
+
+    When the maps are small against their channels (the default last stage: 7 x 7 or 4 x 4 maps of 512 channels),
+    the same sum is taken row by row, :math:`\lVert a/m_a - b/m_b\rVert^2 = |a|^2/m_a^2 + |b|^2/m_b^2 - 2\,a\cdot
+    b/(m_a m_b)` with :math:`m = \max(|\cdot|, \epsilon)` (``F.normalize``'s), from :func:`_row_products` in
+    float64 (the difference of near-equal rows loses nothing at the inputs' precision): 7x less work at 7 x 7 and
+    21x at 4 x 4 (C = 512), equal to the C x C form within float64 rounding (tested).
     """
     n, c = teacher_map.shape[:2]
-    g_s = channel_correlation(widen(embedded_student))
-    g_t = channel_correlation(widen(teacher_map.detach()))
+    fs, ft = widen(embedded_student).flatten(2), widen(teacher_map.detach()).flatten(2)
+    hs, ht = fs.shape[2], ft.shape[2]
+    if hs * hs + ht * ht + hs * ht < c * (hs + ht):  # the HW x HW products cost less than the C x C ones
+        aa, bb, ab = _row_products(fs.double(), ft.double())
+        ma, mb = aa.clamp_min(eps * eps).sqrt(), bb.clamp_min(eps * eps).sqrt()
+        rows = aa / (ma * ma) + bb / (mb * mb) - 2.0 * ab / (ma * mb)
+        return (rows.sum() / (c * n)).to(fs.dtype)
+    g_s, g_t = channel_correlation(fs), channel_correlation(ft)
     return (g_s - g_t).pow(2).sum() / (c * n)
 
 
