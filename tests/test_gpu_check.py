@@ -23,6 +23,8 @@ def test_gpu_check_cpu_part(tmp_path):
     assert "decode-only (PIL, full)" in out and "training (shufflenet_v2_x0_5" in out and "img/s" in out
     assert (tmp_path / "gpu_check_loader.json").is_file()
     assert "one pass (2 cells, cpu):" in out and (tmp_path / "gpu_check_one_pass.json").is_file()
+    methods = __import__("json").loads((tmp_path / "gpu_check_methods.json").read_text())
+    assert [r["method"] for r in methods["rows"]] == ["ce", "kd", "rkd"] and methods["table"] in out
     assert out.rstrip().endswith("gpu_check: all paths agree")
 
 

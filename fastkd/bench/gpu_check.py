@@ -5,7 +5,8 @@ builds, on ``cuda``, the torch backend (batches decoded by nvJPEG, ``torchvision
 on the device), DALI (``device="mixed"``), FFCV and the memory backend, and checks that every sample's
 view (train and eval) equals the CPU torch backend's (PIL) within a few grey levels; then prints
 ``fastkd bench loader`` on the device, `fastkd train` images/s, and a grid row of 4 cells in one pass vs one
-after another (``benchmarks/bench_one_pass.py``'s photo row). ``--cpu`` runs the same code where no
+after another (``benchmarks/bench_one_pass.py``'s photo row), and every method's step cost against the student
+alone (``fastkd bench methods``). ``--cpu`` runs the same code where no
 GPU is: the torch backend's device path with torchvision's CPU decoder, DALI's CPU pipeline and the
 memory backend, on the CPU (what the tests run). Exit status 1 when a path disagrees.
 """
@@ -76,6 +77,19 @@ def one_pass_row(data: str, device: str, cpu: bool, tmp: str, out: str) -> None:
     save(os.path.join(out, "gpu_check_one_pass.json"), [row], {"cpu": cpu}, device)
 
 
+def methods_costs(device: str, cpu: bool, out: str) -> None:
+    """``fastkd bench methods``: every method's step against the student alone, ResNet50 -> mobilenet_v2 at 224 px
+    on a GPU; with --cpu kd and rkd, resnet32 -> shufflenet_v2_x0_5 at 16 px."""
+    from fastkd.bench.methods import run_methods_bench, save
+    from fastkd.methods import list_methods
+
+    pair, names = (("resnet32", "shufflenet_v2_x0_5"), ["kd", "rkd"]) if cpu else (("ResNet50", "mobilenet_v2"),
+                                                                                   list_methods())
+    rows = run_methods_bench(*pair, names, res=16 if cpu else 224, batch_size=8 if cpu else 64, classes=100,
+                             steps=2 if cpu else 10, warmup=0 if cpu else 3, device=device, progress=False)
+    print(save(os.path.join(out, "gpu_check_methods.json"), rows, {"cpu": cpu, "pair": pair}, device)["table"])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu", action="store_true", help="the same checks with the CPU equivalents (no GPU needed)")
@@ -92,7 +106,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fastkd-gpu-check-") as tmp:
         out = args.out or tmp
         data = converted_photo_set(tmp, args.photos or (40 if args.cpu else 2000), progress=False, val_fraction=0.2)
-        paths = [("torch, decode_jpeg on " + device, "torch", True), ("dali " + ("cpu" if args.cpu else "mixed"), "dali", None),
+        paths = [("torch, decode_jpeg on " + device, "torch", True),
+                 ("dali " + ("cpu" if args.cpu else "mixed"), "dali", None),
                  ("memory on " + device, "memory", None)] + ([] if args.cpu else [("ffcv to cuda", "ffcv", None)])
         ok = compare(data, device, paths)
         backends = ("torch", "memory") if args.cpu else ("torch", "dali", "ffcv", "memory")
@@ -112,6 +127,7 @@ def main(argv=None) -> int:
         print(f"training ({cmd[cmd.index('--model') + 1]}, torch backend, {device}): "
               f"{summary['train_images_per_s']:.0f} img/s")
         one_pass_row(data, device, args.cpu, tmp, out)
+        methods_costs(device, args.cpu, out)
     print("gpu_check: " + ("all paths agree" if ok else "SOME PATHS DISAGREE"))
     return 0 if ok else 1
 

@@ -1,5 +1,6 @@
 """``fastkd bench loader``: backend throughput against a plain torchvision DataLoader; ``fastkd bench kd``: the
-teacher tax and the teacher cache on a pair and data of your own."""
+teacher tax and the teacher cache on a pair and data of your own; ``fastkd bench methods``: each method's step cost
+on a pair against the student alone."""
 from __future__ import annotations
 
 import click
@@ -109,5 +110,48 @@ def kd(teacher, teacher_weights, student, data, photos, res, epochs, batch_size,
                     else None, photos=photos, res=result["res"], epochs=epochs, batch_size=batch_size,
                     workers=workers, device=device, cache_topk=cache_topk, epochs_planned=result["epochs_planned"])
     doc = save_results(out_json, [result], settings, device)
+    click.echo(doc["table"])
+    click.echo(f"JSON: {out_json}", err=True)
+
+
+@bench.command("methods")
+@click.option("--teacher", required=True, help="Teacher architecture: any `fastkd list models` name, timm:NAME or "
+              "torchvision:NAME (random-init: the speed is the same).")
+@click.option("--student", required=True, help="Student architecture (as --teacher).")
+@click.option("--methods", default=None, metavar="LIST", help="Comma list of methods (a sum as kd+at); default: "
+              "every method of `fastkd list methods`.")
+@click.option("--res", type=click.IntRange(8), default=224, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--classes", type=click.IntRange(2), default=100, show_default=True,
+              help="Outputs of both networks (logit methods scale with it).")
+@click.option("--steps", type=click.IntRange(1), default=10, show_default=True, help="Timed steps (median).")
+@click.option("--warmup", type=click.IntRange(0), default=2, show_default=True, help="Untimed first steps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--opt", "method_options", multiple=True, metavar="METHOD.NAME=VALUE",
+              help="A method's option instead of its default (repeatable), as `fastkd train --opt`.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--out", "out_json", default="benchmarks/results/methods_bench.json", show_default=True,
+              help="JSON output.")
+def methods(teacher, student, methods, res, batch_size, classes, steps, warmup, device, channels_last,
+            method_options, quiet, out_json):
+    """Each method's training step on TEACHER -> STUDENT against the student alone (ms/step, x ce), the teacher's
+    signals given as a cache gives them: what a grid cell of each method costs."""
+    from fastkd.bench.kd import resolve_device
+    from fastkd.bench.methods import run_methods_bench, save
+    from fastkd.methods import METHODS, check_chosen_options, list_methods
+
+    from .config_options import parse_method_options
+
+    names = [m.strip() for m in methods.split(",") if m.strip()] if methods else list_methods()
+    options = {METHODS.canonical(m): o for m, o in parse_method_options(method_options).items()}
+    check_chosen_options("+".join(names), options)  # each --opt names a benchmarked method and one of its options
+    dev = str(resolve_device(device))
+    rows = run_methods_bench(teacher, student, names, res=res, batch_size=batch_size, classes=classes, steps=steps,
+                             warmup=warmup, device=dev, channels_last=channels_last, options=options,
+                             progress=not quiet)
+    doc = save(out_json, rows, dict(teacher=teacher, student=student, methods=names, res=res, batch_size=batch_size,
+                                    classes=classes, steps=steps, warmup=warmup, device=dev,
+                                    channels_last=channels_last, options=options), dev)
     click.echo(doc["table"])
     click.echo(f"JSON: {out_json}", err=True)
