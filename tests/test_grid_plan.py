@@ -40,7 +40,7 @@ def planned(orl_data, tmp_path_factory):
     recipe.write_text(json.dumps(RECIPE))
     args = ["--recipe", str(recipe), "--data", orl_data, "--quiet"]
     out, plan_dir = root / "jobs-out", root / "plan"
-    main(["grid", *args, "--out", str(out), "--plan", str(plan_dir), "--gpus-per-job", "a100:2"])
+    main(["grid", *args, "--out", str(out), "--plan", str(plan_dir), "--gpus-per-job", "a100:1"])
     main(["grid", *args, "--out", str(out), "--plan", str(plan_dir / "cells"), "--no-one-pass"])
     assert not any(os.path.exists(out / d) for d in ("teachers", "student", "resnet32"))  # nothing trained
     return args, out, plan_dir, _jobs(plan_dir), _jobs(plan_dir / "cells")
@@ -178,7 +178,7 @@ def test_plan_jobs_run_apart_give_the_grids_table(planned, orl_data, tmp_path, c
 def test_submit_script_chains_the_jobs_after_those_they_need(planned):
     _, out, plan_dir, jobs, _ = planned
     text = (plan_dir / "submit.sh").read_text()
-    assert "#SBATCH --gpus=a100:2" in text.splitlines()[1]
+    assert "#SBATCH --gpus=a100:1" in text.splitlines()[1]
     submitted = []
     for line in text.splitlines():
         m = re.match(r"submit (\S+) (\S+) (.*)$", line)
@@ -208,3 +208,23 @@ def test_plan_mistakes_are_one_line_errors(planned, capsys):
     with pytest.raises(SystemExit):
         main(["grid", "--status", str(plan_dir)])
     assert "holds no grid-spec.json" in capsys.readouterr().err
+
+
+def test_a_job_with_two_gpus_runs_under_torchrun(orl_data, tmp_path):
+    """--gpus-per-job 2: each job but the report is a torchrun of 2 processes (here on the CPU, gloo); the student
+    job trains as one DDP run, rank 0 alone writing its done marker and its line."""
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(RECIPE))
+    out, plan_dir = tmp_path / "out", tmp_path / "plan"
+    main(["grid", "--recipe", str(recipe), "--data", orl_data, "--quiet", "--out", str(out), "--plan", str(plan_dir),
+          "--gpus-per-job", "2"])
+    jobs = _jobs(plan_dir)
+    torchrun = "-m torch.distributed.run --standalone --nproc-per-node=2 -m fastkd grid --job "
+    assert all(torchrun + name in cmd for name, _, cmd in jobs[:-1]) and "torch.distributed" not in jobs[-1][2]
+    err = _run_stage(jobs, ["student-seed0"])["student-seed0"]
+    assert err.count("[grid] job student-seed0 done") == 1, err[-2000:]
+    assert json.loads((out / "jobs" / "student-seed0.done.json").read_text())["job"] == "student-seed0"
+    from fastkd.train import checkpoint
+
+    summary = json.loads((out / "student" / "seed0" / "summary.json").read_text())
+    assert checkpoint.load(summary["checkpoint"])["world"] == 2  # one run of two ranks, not two runs

@@ -51,7 +51,8 @@ def _weights(items):
               "seed) row of method cells (one pass), or per cell with --no-one-pass.")
 @click.option("--job", default=None, metavar="NAME", help="Run one job of the grid's plan (see DIR/jobs.txt).")
 @click.option("--gpus-per-job", default="1", show_default=True, metavar="N", help="With --plan: submit.sh's "
-              "#SBATCH --gpus (a count or TYPE:COUNT; 0: none).")
+              "#SBATCH --gpus (a count or TYPE:COUNT; 0: none); with 2 or more, each job runs under torchrun, a "
+              "process per GPU.")
 @click.option("--status", "status_dir", default=None, metavar="OUT", help="Print where the grid in OUT stands "
               "(cells done, running where, waiting; time left) and exit.")
 @one_pass_option()

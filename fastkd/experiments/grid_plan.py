@@ -17,7 +17,9 @@ lock (``OUT/jobs/<name>/``, :func:`fastkd.ownership.run_lock`) for its whole run
 line naming the holder (pid and host). A job whose inputs are not finished exits with one line naming what it
 waits for, exit code :data:`NOT_READY`. A finished job leaves ``OUT/jobs/<name>.done.json``. ``--plan DIR``
 writes ``jobs.txt`` (one job a line: name, the jobs it waits for, command) and ``submit.sh`` (``sbatch
---dependency=afterok:`` chains; the same file is each job's script).
+--dependency=afterok:`` chains; the same file is each job's script). With ``--gpus-per-job`` of 2 or more, a job's
+command is ``python -m torch.distributed.run --standalone --nproc-per-node=N -m fastkd grid --job NAME ...``: N
+processes on the job's node (DDP), rank 0 holding the lock and writing the done marker.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import os
 import re
 import shlex
 import socket
+import sys
 import time
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -34,7 +37,7 @@ from fastkd.errors import UserError
 from fastkd.experiments.grid import (Cell, GridSpec, _cell_config, _evaluate_teacher, _fill_teacher_cache,
                                      _save_spec, plan)
 from fastkd.log import log
-from fastkd.ownership import LOCK, run_lock
+from fastkd.ownership import LOCK, is_main, run_lock
 
 NOT_READY = 3  # the exit code of a job whose inputs are not finished (a user's mistake is 2)
 JOBS = "jobs"  # OUT/jobs/: job locks and done markers
@@ -126,11 +129,13 @@ def run_job(spec: GridSpec, name: str, progress: bool = True, one_pass: bool = T
             raise UserError(f"job {name} is already running ({held[2] if held else 'another process'}; lock "
                             f"{os.path.join(folder, LOCK)}); this copy exits: wait for that one or stop it") from None
         start = time.time()
-        _save_spec(spec)
+        if is_main():  # under torchrun, rank 0 writes the grid's files
+            _save_spec(spec)
         _run(spec, job, progress, one_pass)
-        atomic_write_json(done_marker(spec.out, name), {"job": name, "host": socket.gethostname(),
-                                                        "seconds": time.time() - start, "finished": time.time()})
-        log(f"[grid] job {name} done ({time.time() - start:.1f} s)")
+        if is_main():
+            atomic_write_json(done_marker(spec.out, name), {"job": name, "host": socket.gethostname(),
+                                                            "seconds": time.time() - start, "finished": time.time()})
+            log(f"[grid] job {name} done ({time.time() - start:.1f} s)")
 
 
 def _run(spec: GridSpec, job: Job, progress: bool, one_pass: bool) -> None:
@@ -188,7 +193,7 @@ def write_plan(spec: GridSpec, folder: str, fastkd: Sequence[str], grid_args: Se
     folder = os.path.abspath(folder)
     os.makedirs(os.path.join(folder, "logs"), exist_ok=True)
     todo = jobs(spec, ROW if one_pass else CELL)
-    commands = {j.name: _command(j, spec, fastkd, grid_args) for j in todo}
+    commands = {j.name: _command(j, spec, fastkd, grid_args, gpu_count(gpus)) for j in todo}
     lines = ["# fastkd grid plan: one job a line, in dependency order: NAME<TAB>AFTER (its jobs, comma list; - for "
              "none)<TAB>COMMAND",
              f"# run the commands from {os.getcwd()} (submit.sh does); e.g. grep -v '^#' jobs.txt | "
@@ -202,8 +207,21 @@ def write_plan(spec: GridSpec, folder: str, fastkd: Sequence[str], grid_args: Se
     return todo
 
 
-def _command(job: Job, spec: GridSpec, fastkd: Sequence[str], grid_args: Sequence[str]) -> str:
-    words = [*fastkd, "report", spec.out] if job.kind == "report" else [*fastkd, "grid", "--job", job.name, *grid_args]
+def gpu_count(gpus: str) -> int:
+    """The GPUs a job gets from ``--gpus-per-job``: a count, TYPE:COUNT, a TYPE alone (1), or none ("" or 0)."""
+    last = gpus.rpartition(":")[2]
+    return int(last) if last.isdigit() else (1 if gpus else 0)
+
+
+def _command(job: Job, spec: GridSpec, fastkd: Sequence[str], grid_args: Sequence[str], gpus: int) -> str:
+    """A job's command line; a job with 2 or more GPUs (but the report) runs under torchrun, a process per GPU on
+    one node (DDP)."""
+    if job.kind == "report":
+        words = [*fastkd, "report", spec.out]
+    else:
+        runner = fastkd if gpus < 2 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                          f"--nproc-per-node={gpus}", "-m", "fastkd"]
+        words = [*runner, "grid", "--job", job.name, *grid_args]
     return " ".join(shlex.quote(str(w)) for w in words)
 
 
