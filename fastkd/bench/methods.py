@@ -43,34 +43,49 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _networks(teacher: str, student: str, classes: int, res: int, device: torch.device, channels_last: bool):
+def _network(name: str, classes: int, res: int, low_res: bool, device: torch.device, channels_last: bool):
+    """``name`` random-initialised from seed 0, on ``device``."""
     from fastkd.models import create_model
-    from fastkd.pipelines.view_policy import ViewPolicy
 
-    low_res = ViewPolicy.for_resolution(res, True).kind == "pad_crop"
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.preserve_format
-    t = create_model(teacher, classes, low_res, res=res).to(device, memory_format=fmt).eval()
-    torch.manual_seed(0)
-    s = create_model(student, classes, low_res, res=res).to(device, memory_format=fmt).train()
-    return t, s
+    return create_model(name, classes, low_res, res=res).to(device, memory_format=fmt)
 
 
-def time_method(name: str, teacher: str, student: str, *, res: int, batch_size: int, classes: int = 10,
-                steps: int = 10, warmup: int = 2, device: str = "cpu", channels_last: bool = True,
+def time_method(name: str, teacher: torch.nn.Module, student: str, *, res: int, low_res: bool, batch_size: int,
+                classes: int = 10, steps: int = 10, warmup: int = 2, device: str = "cpu", channels_last: bool = True,
                 options: Optional[dict] = None) -> dict:
     """One row: ``name`` (a method spec, ``ce`` for the student alone; ``options``: ``{method: {option: value}}``
-    as ``--opt`` gives them) on a fresh pair (see the module doc)."""
+    as ``--opt`` gives them) on a fresh ``student`` and the ``teacher`` network (in eval mode; see the module
+    doc)."""
     from fastkd.methods import parse_methods
-    from fastkd.train.signals import expanded_batch, method_terms, prepare_methods
+    from fastkd.train.signals import prepare_methods
 
     dev = torch.device(device)
-    t_net, s_net = _networks(teacher, student, classes, res, dev, channels_last)
+    t_net, s_net = teacher, _network(student, classes, res, low_res, dev, channels_last).train()
     methods = [] if name == "ce" else parse_methods(name, options)
     try:
         s_sig, t_sig = prepare_methods(methods, s_net, t_net, res, dataset_size=max(batch_size, 1024))
     except UserError as exc:
         return {"method": name, "error": str(exc)}
+    try:
+        times, losses, terms = _steps(methods, s_net, s_sig, t_sig, batch_size, res, classes, steps, warmup, dev,
+                                      channels_last)
+    finally:  # the teacher serves the next row: no hook of this one stays on it
+        s_sig.close()
+        t_sig.close()
+    ms = statistics.median(times) * 1000
+    return {"method": name, "ms_per_step": ms, "step_ms": [t * 1000 for t in times],
+            "images_per_s": batch_size / ms * 1000,
+            "adapter_params": sum(p.numel() for m in methods for p in m.parameters() if p.requires_grad),
+            "terms": terms, "staged": any(m.has_stages() for m in methods), "first_loss": losses[0],
+            "last_loss": losses[-1]}
+
+
+def _steps(methods, s_net, s_sig, t_sig, batch_size, res, classes, steps, warmup, dev, channels_last):
+    """The timed steps of one row: (seconds of each step after ``warmup``, every step's loss, the terms)."""
+    from fastkd.train.signals import expanded_batch, method_terms
+
     for m in methods:
         m.set_epoch(MAIN_STAGE)
     g = torch.Generator().manual_seed(0)
@@ -99,13 +114,7 @@ def time_method(name: str, teacher: str, student: str, *, res: int, batch_size: 
             times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
         terms = sorted(parts)
-    ms = statistics.median(times) * 1000
-    s_sig.close()
-    if t_sig is not None:
-        t_sig.close()
-    return {"method": name, "ms_per_step": ms, "step_ms": [t * 1000 for t in times],
-            "images_per_s": batch_size / ms * 1000, "adapter_params": sum(p.numel() for p in adapters), "terms": terms,
-            "staged": any(m.has_stages() for m in methods), "first_loss": losses[0], "last_loss": losses[-1]}
+    return times, losses, terms
 
 
 def run_methods_bench(teacher: str, student: str, methods: Sequence[str], *, res: int, batch_size: int,
@@ -129,22 +138,23 @@ def run_methods_bench(teacher: str, student: str, methods: Sequence[str], *, res
     names = ["ce", *dict.fromkeys(m for m in methods if m != "ce")]
     for name in names[1:]:
         parse_methods(name, options)  # an unknown method or option: its one-line error now
+    low_res = ViewPolicy.for_resolution(res, True).kind == "pad_crop"
     with tempfile.TemporaryDirectory(prefix="fastkd-bench-methods-") as tmp:
-        check_pair(teacher, student, None, classes, ViewPolicy.for_resolution(res, True).kind == "pad_crop", res, tmp)
+        check_pair(teacher, student, None, classes, low_res, res, tmp)
+    t_net = _network(teacher, classes, res, low_res, dev, channels_last).eval()  # one teacher for every row
+    common = dict(res=res, low_res=low_res, batch_size=batch_size, classes=classes, warmup=warmup, device=str(dev),
+                  channels_last=channels_last)
     if warmup:  # the process's one-time costs (allocator, kernel selection) before the first timed row
-        time_method("ce", teacher, student, res=res, batch_size=batch_size, classes=classes, steps=1, warmup=warmup,
-                    device=str(dev), channels_last=channels_last)
+        time_method("ce", t_net, student, steps=1, **common)
     rows = []
     for i, name in enumerate(names):
-        row = time_method(name, teacher, student, res=res, batch_size=batch_size, classes=classes, steps=steps,
-                          warmup=warmup, device=str(dev), channels_last=channels_last, options=options)
+        row = time_method(name, t_net, student, steps=steps, options=options, **common)
         rows.append(row)
         if progress:
             what = f"{row['ms_per_step']:.1f} ms/step" if "ms_per_step" in row else f"not paired: {row['error']}"
             log(f"[bench methods] {i + 1}/{len(names)} {name}: {what}")
     if len(rows) > 1:  # ce again at the end: the machine's drift over the run falls on both sides of the ratio
-        again = time_method("ce", teacher, student, res=res, batch_size=batch_size, classes=classes, steps=steps,
-                            warmup=warmup, device=str(dev), channels_last=channels_last)
+        again = time_method("ce", t_net, student, steps=steps, **common)
         ce = rows[0]
         ce["step_ms"] += again["step_ms"]
         ce["ms_per_step"] = statistics.median(ce["step_ms"])

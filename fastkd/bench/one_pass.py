@@ -3,11 +3,11 @@ trained one after another vs in one pass (``--one-pass``), both reading one teac
 of them, in one run on one machine.
 
 Per set, in this order: the cache filled for the union of the methods (not timed); the cells one after another
-(``train``); the same cells as one row (``fastkd.train.one_pass``, what ``fastkd grid`` runs); one pass of the training loader alone over the
-same epochs (decode and augmentation, nothing trained); the student alone (cross-entropy) on the memory backend,
-whose views are already decoded in memory. Training seconds are those of the epochs after the first (warm-up:
-worker start, first allocations), summed over the cells (a row's cell is charged its own steps and a share of
-the loader's and the cache's time, so the sum is the row's time).
+(``train``); the same cells as one row (``fastkd.train.one_pass``, what ``fastkd grid`` runs); one pass of the
+training loader alone over the same epochs (decode and augmentation, nothing trained); the student alone
+(cross-entropy) on the memory backend, whose views are already decoded in memory. Training seconds are those of
+the epochs after the first (warm-up: worker start, first allocations), summed over the cells (a row's cell is
+charged its own steps and a share of the loader's and the cache's time, so the sum is the row's time).
 
 Reported: ``row / sequential`` (training seconds and whole-command wall, which adds model building, evaluation
 and checkpoints), and the per-cell cost ``(row - loader pass) / N`` against the student-alone epoch.

@@ -139,13 +139,12 @@ def methods(teacher, student, methods, res, batch_size, classes, steps, warmup, 
     signals given as a cache gives them: what a grid cell of each method costs."""
     from fastkd.bench.kd import resolve_device
     from fastkd.bench.methods import run_methods_bench, save
-    from fastkd.methods import METHODS, check_chosen_options, list_methods
+    from fastkd.methods import list_methods
 
-    from .config_options import parse_method_options
+    from .config_options import chosen_method_options
 
     names = [m.strip() for m in methods.split(",") if m.strip()] if methods else list_methods()
-    options = {METHODS.canonical(m): o for m, o in parse_method_options(method_options).items()}
-    check_chosen_options("+".join(names), options)  # each --opt names a benchmarked method and one of its options
+    options = chosen_method_options(method_options, names)  # each --opt names a benchmarked method and one option
     dev = str(resolve_device(device))
     rows = run_methods_bench(teacher, student, names, res=res, batch_size=batch_size, classes=classes, steps=steps,
                              warmup=warmup, device=dev, channels_last=channels_last, options=options,

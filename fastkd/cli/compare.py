@@ -9,7 +9,7 @@ from . import cli
 
 COMPARE_OPT = {"help": "A method's option for every cell that uses the method (repeatable), e.g. "
                        "--opt sskd.ss_epochs=5 (recorded in compare.json)."}
-from .config_options import CELLS_TENSORBOARD, config_options, parse_method_options
+from .config_options import CELLS_TENSORBOARD, chosen_method_options, config_options
 from .options import backend_option, one_pass_option
 
 
@@ -35,15 +35,14 @@ def compare(data, out, student, teacher, teacher_weights, methods, seeds, epochs
             workers, device, quiet, one_pass, tensorboard, method_options):
     """Distil one student with several methods over several seeds; print mean and spread of top-1."""
     from fastkd.experiments.compare import run_compare
-    from fastkd.methods import METHODS, check_chosen_options, parse_methods
+    from fastkd.methods import parse_methods
     from fastkd.pipelines import BACKENDS
     from fastkd.train.config import TrainConfig
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     for name in names:
         parse_methods(name)  # unknown names fail here, before any training
-    options = {METHODS.canonical(m): o for m, o in parse_method_options(method_options).items()}
-    check_chosen_options("+".join(names), options)  # each --opt names a compared method and one of its options
+    options = chosen_method_options(method_options, names)  # each --opt names a compared method and one option
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:

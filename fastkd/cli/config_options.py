@@ -41,6 +41,16 @@ def parse_method_options(items) -> dict:
     return out
 
 
+def chosen_method_options(items, names) -> dict:
+    """``--opt`` items of a command that runs the methods ``names`` (compare, bench methods): parsed, keyed by each
+    method's canonical name, and checked to name one of those methods and one of its options (one-line errors)."""
+    from fastkd.methods import METHODS, check_chosen_options
+
+    options = {METHODS.canonical(m): o for m, o in parse_method_options(items).items()}
+    check_chosen_options("+".join(names), options)
+    return options
+
+
 def _default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING:
         return f.default

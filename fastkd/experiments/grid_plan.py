@@ -30,7 +30,7 @@ import shlex
 import socket
 import sys
 import time
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from fastkd.atomic import atomic_write_json, atomic_write_text
 from fastkd.errors import UserError
@@ -84,9 +84,14 @@ def jobs(spec: GridSpec, per: str = ROW) -> List[Job]:
     return ordered + [Job("report", "report", (), None, 0, tuple(j.name for j in ordered))]
 
 
-def job_for(spec: GridSpec, cell: Cell, per: str = ROW) -> str:
-    """The name of the job that trains ``cell`` in a plan ``per`` row or ``per`` cell."""
-    return next(j.name for j in jobs(spec, per) if cell in j.cells)
+def job_locks(spec: GridSpec) -> Dict[Cell, List[str]]:
+    """Each cell's job lock folders: those of the job that trains it in the plan by row, then by cell."""
+    out: Dict[Cell, List[str]] = {}
+    for per in (ROW, CELL):
+        for j in jobs(spec, per):
+            for cell in j.cells:
+                out.setdefault(cell, []).append(lock_folder(spec.out, j.name))
+    return out
 
 
 def done_marker(out: str, name: str) -> str:

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from fastkd.errors import UserError
 from fastkd.experiments.grid import Cell, GridSpec, plan
-from fastkd.experiments.grid_plan import CELL, ROW, job_for, lock_folder, lock_holder
+from fastkd.experiments.grid_plan import job_locks, lock_holder
 from fastkd.experiments.report import SPEC_FILE
 from fastkd.tables import format_table
 
@@ -63,15 +63,16 @@ def _epochs_done(cell: Cell) -> int:
         return 0
 
 
-def cell_state(spec: GridSpec, cell: Cell) -> dict:
-    """{"cell", "row", "state": done|running|waiting, "seconds" (done), "where" (running), "epochs" (so far)}."""
+def cell_state(spec: GridSpec, cell: Cell, locks: List[str]) -> dict:
+    """{"cell", "row", "state": done|running|waiting, "seconds" (done), "where" (running), "epochs" (so far)};
+    ``locks``: the lock folders of the jobs that may train ``cell`` (:func:`job_locks`)."""
     summary = _read(os.path.join(cell.out, "summary.json"))
     state = {"cell": os.path.relpath(cell.out, spec.out), "row": cell.row, "label": cell.label}
     if summary is not None or os.path.isfile(os.path.join(cell.out, "diverged.json")):
         secs = (summary or {}).get("train_seconds")
         return {**state, "state": "done", "seconds": float(secs) if secs is not None else None}
     # the cell's run folder, then the lock of the job that trains it (a plan by row or by cell)
-    where = _where([cell.out, *(lock_folder(spec.out, job_for(spec, cell, per)) for per in (ROW, CELL))])
+    where = _where([cell.out, *locks])
     config = _read(os.path.join(cell.out, "config.json")) or {}
     epochs = {"epochs": _epochs_done(cell), "epochs_total": config.get("epochs")}
     if where is not None and where["alive"] is not False:
@@ -85,7 +86,8 @@ def grid_status(out: str) -> dict:
     if data is None:
         raise UserError(f"{out} holds no {SPEC_FILE}; give the --out folder of a `fastkd grid` (or of its --plan)")
     spec = GridSpec(**{**data, "out": out})
-    cells = [cell_state(spec, c) for c in plan(spec)]
+    locks = job_locks(spec)
+    cells = [cell_state(spec, c, locks[c]) for c in plan(spec)]
     rows = {}
     for c in cells:
         rows.setdefault(c["row"], {"done": 0, "running": 0, "waiting": 0})[c["state"]] += 1

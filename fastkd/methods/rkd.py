@@ -49,13 +49,7 @@ def rkd_distance_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, eps:
     network on the batch. Averaged over all :math:`N^2` ordered pairs as in the authors' code (the
     diagonal is 0 in both and contributes nothing). Memory and work: N x N (:func:`_relations`).
     """
-    def psi(x):
-        n = x.shape[0]
-        dist = _relations(x)[1]
-        mu = dist.sum() / max(n * (n - 1), 1)
-        return (dist / mu.clamp_min(eps)).float()
-
-    return F.smooth_l1_loss(psi(student_emb), psi(teacher_emb.detach()), beta=1.0)
+    return _distance_loss(_relations(student_emb), _relations(teacher_emb.detach()), eps)
 
 
 def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
@@ -74,14 +68,29 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
     divides by a clamped norm (``F.normalize``, eps 1e-12) instead: same value, but two identical student
     embeddings get gradients of ~1e12.
     """
-    def psi(x):
-        g, _, inv = _relations(x)
-        sq = g.diagonal()
+    return _angle_loss(_relations(student_emb), _relations(teacher_emb.detach()))
+
+
+def _distance_loss(student, teacher, eps: float = 1e-12) -> torch.Tensor:
+    """:func:`rkd_distance_loss` from the two networks' :func:`_relations`."""
+    def psi(relations):
+        dist = relations[1]
+        n = dist.shape[0]
+        mu = dist.sum() / max(n * (n - 1), 1)
+        return (dist / mu.clamp_min(eps)).float()
+
+    return F.smooth_l1_loss(psi(student), psi(teacher), beta=1.0)
+
+
+def _angle_loss(student, teacher) -> torch.Tensor:
+    """:func:`rkd_angle_loss` from the two networks' :func:`_relations`."""
+    def psi(relations):
+        g, _, inv = relations
         # [j, i, k] = <x_i - x_j, x_k - x_j> / (|x_i - x_j| |x_k - x_j|)
-        dots = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + sq.view(-1, 1, 1)
+        dots = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + g.diagonal().view(-1, 1, 1)
         return (dots * inv.unsqueeze(2) * inv.unsqueeze(1)).float()
 
-    return F.smooth_l1_loss(psi(student_emb), psi(teacher_emb.detach()), beta=1.0)
+    return F.smooth_l1_loss(psi(student), psi(teacher), beta=1.0)
 
 
 @register_method("rkd")
@@ -103,12 +112,12 @@ class RKD(Method):
         self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
 
     def forward(self, student, teacher, labels, index=None):
-        s, t = student["embedding"], teacher["embedding"]
+        s, t = _relations(student["embedding"]), _relations(teacher["embedding"].detach())  # once for both losses
         terms = {}
         if self.distance_weight:
-            terms["rkd.distance"] = self.distance_weight * rkd_distance_loss(s, t)
+            terms["rkd.distance"] = self.distance_weight * _distance_loss(s, t)
         if self.angle_weight:
-            terms["rkd.angle"] = self.angle_weight * rkd_angle_loss(s, t)
+            terms["rkd.angle"] = self.angle_weight * _angle_loss(s, t)
         return terms
 
     def options(self):

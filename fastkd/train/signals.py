@@ -57,6 +57,18 @@ def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], r
     needs = set().union(*(m.needs for m in methods))
     s_signals = SignalModel(student, needs)
     t_signals = SignalModel(teacher, needs) if teacher is not None else None
+    try:
+        _shape_methods(methods, student, teacher, s_signals, t_signals, res, dataset_size)
+    except BaseException:  # a method that cannot set up leaves no hooks on the networks
+        for signals in (s_signals, t_signals):
+            if signals is not None:
+                signals.close()
+        raise
+    return s_signals, t_signals
+
+
+def _shape_methods(methods, student, teacher, s_signals, t_signals, res: int, dataset_size: int) -> None:
+    """The dry forward pass of :func:`prepare_methods` and each method's setup on its shapes."""
     first = next(student.parameters())
     device = first.device
     x = torch.zeros(2, 3, res, res, device=device, dtype=first.dtype)
@@ -72,7 +84,6 @@ def prepare_methods(methods, student: nn.Module, teacher: Optional[nn.Module], r
         m.dataset_size = dataset_size  # memory banks (CRD) are sized by the train split
         m.setup(s, t)
         m.to(device)
-    return s_signals, t_signals
 
 
 def check_expanders(methods) -> None:
